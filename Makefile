@@ -1,0 +1,42 @@
+# Developer commands. Every target installs the project into $(VENV) first,
+# and again only when setup.cfg or pyproject.toml changes.
+#
+#   make test    run the test suite (starts its own Prosody servers)
+#   make demo    run the demo against a Prosody server started for it
+#   make docs    build the HTML documentation into doc/_build/html
+#   make bench   run the benchmarks (not part of make test)
+#   make clean   remove $(VENV) and doc/_build
+#
+# VENV=/path/to/venv uses (or creates) another virtual environment.
+
+VENV ?= .venv
+PYTHON ?= python3
+
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo docs bench clean prosody
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[test,docs]'
+	touch $@
+
+# Installs prosody and openssl when missing (root or passwordless sudo).
+prosody:
+	scripts/ensure-prosody.sh
+
+# pytest exits with 5 when it collects no test, so an empty run fails too.
+test: $(STAMP) prosody
+	$(VENV)/bin/pytest
+
+demo: $(STAMP) prosody
+	$(VENV)/bin/python -m libervia.demo
+
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -b html doc doc/_build/html
+
+bench: $(STAMP) prosody
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) doc/_build

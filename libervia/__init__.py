@@ -1,0 +1,1 @@
+"""Libervia: an XMPP client backend with a persistent pubsub cache."""

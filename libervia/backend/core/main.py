@@ -1,0 +1,264 @@
+"""The backend host: storage, plugins, triggers, bridge and the profiles' clients.
+
+Import this module only after the asyncio reactor is installed (see
+:mod:`libervia.backend.__main__`), because Twisted's default reactor would be
+installed by the first ``twisted.internet.reactor`` import.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from libervia.backend import __version__
+from libervia.backend.bridge.server import BridgeServer
+from libervia.backend.core import paths, plugin_manager
+from libervia.backend.core.config import Config
+from libervia.backend.core.exceptions import (
+    InvalidValue,
+    ProfileExists,
+    ProfileNotConnected,
+    ProfileNotFound,
+)
+from libervia.backend.core.trigger import TriggerManager
+from libervia.backend.core.xmpp import ConnectionOptions, XMPPClient
+from libervia.backend.memory.sqla import Storage
+from libervia.backend.plugins.plugin_xep_0060 import parse_jid
+from libervia.backend.tools.aio import maybe_await
+
+log = logging.getLogger(__name__)
+
+PROFILE_OPTION_KEYS = ("host", "port", "ca_file", "allow_plaintext")
+
+
+class Backend:
+    """Everything one daemon runs: created, started with :meth:`start`, ended with :meth:`stop`."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config if config is not None else Config()
+        self.storage = Storage(self.config.db_url())
+        self.trigger = TriggerManager()
+        self.bridge = BridgeServer()
+        self.plugins: dict[str, Any] = {}
+        self.clients: dict[str, XMPPClient] = {}
+        self.default_profile: str | None = None
+        self.stopped: Any = None
+        self._register_core_methods()
+
+    async def start(self) -> None:
+        """Open the database, load the plugins and serve the bridge."""
+        await self.storage.initialise()
+        default = await self.storage.get_default_profile()
+        self.default_profile = default.name if default else None
+        plugin_manager.load_plugins(self)
+        socket_path = paths.runtime_dir(create=True) / paths.bridge_socket().name
+        await self.bridge.start(socket_path)
+        log.info("backend %s started, bridge on %s", __version__, socket_path)
+
+    async def stop(self) -> None:
+        """Disconnect every profile, stop the bridge and close the database."""
+        for name in list(self.clients):
+            await self.disconnect_profile(name)
+        cache = self.plugins.get("PUBSUB_CACHE")
+        if cache is not None:
+            await cache.wait_syncs()
+        await self.bridge.stop()
+        await self.storage.close()
+        log.info("backend stopped")
+
+    # profiles and clients
+
+    def resolve_profile(self, profile: str | None) -> str:
+        """Return ``profile``, or the default profile's name when it is None or empty."""
+        if profile:
+            return profile
+        if self.default_profile is None:
+            raise ProfileNotFound(
+                "no profile exists yet: create one with li profile create NAME -j JID"
+            )
+        return self.default_profile
+
+    def get_client(self, profile: str | None) -> XMPPClient:
+        """Return the connected client of a profile; raise ProfileNotConnected otherwise."""
+        name = self.resolve_profile(profile)
+        client = self.clients.get(name)
+        if client is None or not client.connected:
+            raise ProfileNotConnected(
+                f"profile {name} is not connected: run li profile connect {name}"
+            )
+        return client
+
+    def get_plugin_handlers(self, client: XMPPClient) -> list[Any]:
+        """Collect the protocol handlers that plugins attach to a client's stream."""
+        handlers = []
+        for plugin in self.plugins.values():
+            get_handler = getattr(plugin, "get_handler", None)
+            if get_handler is None:
+                continue
+            handler = get_handler(client)
+            if handler is not None:
+                handlers.append(handler)
+        return handlers
+
+    def on_stream_reestablished(self, client: XMPPClient) -> None:
+        """Tell plugins that a lost stream is back, as after a first connection."""
+        from twisted.internet import defer
+
+        defer.ensureDeferred(self._notify_connected(client))
+
+    async def _notify_connected(self, client: XMPPClient) -> None:
+        for name, plugin in self.plugins.items():
+            hook = getattr(plugin, "profile_connected", None)
+            if hook is None:
+                continue
+            try:
+                await maybe_await(hook(client))
+            except Exception:
+                log.exception("profile %s: plugin %s failed on connection", client.profile, name)
+
+    async def connect_profile(self, name: str | None, password: str | None = None) -> XMPPClient:
+        """Connect a profile's XMPP client, or return it when already connected.
+
+        Raises ProfileNotFound, ConnectionError_ or AuthError.
+        """
+        name = self.resolve_profile(name)
+        client = self.clients.get(name)
+        if client is not None and client.connected:
+            return client
+        profile = await self.storage.get_profile(name)
+        if profile is None:
+            raise ProfileNotFound(f"profile {name!r} not found: see li profile list")
+        values: dict[str, Any] = {
+            key: self.config.get("xmpp", key)
+            for key in PROFILE_OPTION_KEYS + ("connect_timeout",)
+        }
+        values.update({k: v for k, v in (profile.params or {}).items() if v is not None})
+        options = ConnectionOptions.from_mapping(values)
+        client = XMPPClient(
+            host=self,
+            profile=name,
+            profile_id=profile.id,
+            jid=parse_jid(profile.jid, "profile"),
+            password=password if password is not None else profile.password,
+            options=options,
+        )
+        await client.connect()
+        self.clients[name] = client
+        await self._notify_connected(client)
+        return client
+
+    async def disconnect_profile(self, name: str | None) -> None:
+        """Disconnect a profile's client; do nothing when it is not connected."""
+        name = self.resolve_profile(name)
+        client = self.clients.pop(name, None)
+        if client is not None:
+            await client.disconnect()
+
+    # core bridge methods
+
+    def _register_core_methods(self) -> None:
+        methods = {
+            "ping": self._ping,
+            "version": self._version,
+            "daemon_stop": self._daemon_stop,
+            "profile_create": self._profile_create,
+            "profile_list": self._profile_list,
+            "profile_delete": self._profile_delete,
+            "profile_default_set": self._profile_default_set,
+            "profile_connect": self._profile_connect,
+            "profile_disconnect": self._profile_disconnect,
+            "stream_stats": self._stream_stats,
+        }
+        for name, method in methods.items():
+            self.bridge.register_method(name, method)
+
+    async def _ping(self) -> str:
+        return "pong"
+
+    async def _version(self) -> str:
+        return __version__
+
+    async def _daemon_stop(self) -> None:
+        from twisted.internet import reactor
+
+        # Answer first, then stop: the caller waits for the process to exit.
+        reactor.callLater(0, self._request_stop)
+
+    def _request_stop(self) -> None:
+        if self.stopped is not None:
+            self.stopped()
+
+    async def _profile_create(
+        self,
+        name: str,
+        jid: str,
+        password: str,
+        options: dict[str, Any] | None = None,
+        default: bool = False,
+    ) -> dict[str, Any]:
+        if not name or not isinstance(name, str) or "/" in name:
+            raise InvalidValue(f"invalid profile name {name!r}: use a non-empty name without '/'")
+        jid_obj = parse_jid(jid, "profile")
+        if jid_obj is None or not jid_obj.user:
+            raise InvalidValue(f"invalid profile JID {jid!r}: use user@domain")
+        if not password:
+            raise InvalidValue(f"profile {name}: the password is empty")
+        options = dict(options or {})
+        unknown = set(options) - set(PROFILE_OPTION_KEYS)
+        if unknown:
+            raise InvalidValue(
+                f"unknown profile options {sorted(unknown)}: use {', '.join(PROFILE_OPTION_KEYS)}"
+            )
+        ConnectionOptions.from_mapping(options)  # validates
+        if await self.storage.get_profile(name) is not None:
+            raise ProfileExists(f"profile {name!r} already exists")
+        profile = await self.storage.create_profile(name, jid_obj.full(), password, options)
+        if default or self.default_profile is None:
+            await self.storage.set_default_profile(name)
+            self.default_profile = name
+        log.info("profile %s created for %s", name, profile.jid)
+        return {"name": profile.name, "jid": profile.jid}
+
+    async def _profile_list(self) -> list[dict[str, Any]]:
+        profiles = await self.storage.list_profiles()
+        return [
+            {
+                "name": p.name,
+                "jid": p.jid,
+                "connected": p.name in self.clients and self.clients[p.name].connected,
+                "default": p.name == self.default_profile,
+            }
+            for p in profiles
+        ]
+
+    async def _profile_delete(self, name: str) -> None:
+        if await self.storage.get_profile(name) is None:
+            raise ProfileNotFound(f"profile {name!r} not found: see li profile list")
+        await self.disconnect_profile(name)
+        await self.storage.delete_profile(name)
+        if self.default_profile == name:
+            default = await self.storage.get_default_profile()
+            self.default_profile = default.name if default else None
+        log.info("profile %s deleted", name)
+
+    async def _profile_default_set(self, name: str) -> None:
+        if await self.storage.get_profile(name) is None:
+            raise ProfileNotFound(f"profile {name!r} not found: see li profile list")
+        await self.storage.set_default_profile(name)
+        self.default_profile = name
+
+    async def _profile_connect(
+        self, name: str | None = None, password: str | None = None,
+    ) -> dict[str, Any]:
+        client = await self.connect_profile(name, password)
+        return {"jid": client.jid.full()}
+
+    async def _profile_disconnect(self, name: str | None = None) -> None:
+        await self.disconnect_profile(name)
+
+    async def _stream_stats(self, profile: str | None = None) -> dict[str, int]:
+        name = self.resolve_profile(profile)
+        client = self.clients.get(name)
+        if client is None:
+            raise ProfileNotConnected(f"profile {name} is not connected")
+        return dict(client.stream_stats)

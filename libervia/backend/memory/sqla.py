@@ -1,0 +1,856 @@
+"""Persistent storage of the backend: profiles and the pubsub cache.
+
+:class:`Storage` is the only place that opens database sessions. Each public
+method runs in its own transaction, is decorated with
+:func:`~libervia.backend.tools.aio.aio` (so it returns a Deferred), and returns
+detached ORM objects whose columns are loaded. Relationships are never loaded
+and raise when accessed.
+
+The schema belongs to Alembic (``migration/``). :meth:`Storage.initialise`
+creates a new database at the head revision or upgrades an older one, after a
+backup copy when the database is an SQLite file.
+
+SQLite connections run in WAL mode with foreign keys on and a busy timeout.
+SQLAlchemy emits BEGIN itself (the driver's own transaction handling is off),
+so DDL is transactional and write transactions start with ``BEGIN
+IMMEDIATE``: a writer takes the write lock before reading, instead of failing
+with "database is locked" when it upgrades a read lock held by a concurrent
+writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Table, delete, event, func, inspect, select, update
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
+from sqlalchemy.sql.dml import Insert
+
+from libervia.backend.core import constants as C
+from libervia.backend.core import paths
+from libervia.backend.core.exceptions import (
+    BackendError,
+    InvalidValue,
+    NotFound,
+    ProfileExists,
+    ProfileNotFound,
+    StorageError,
+)
+from libervia.backend.memory.sqla_mapping import (
+    Profile,
+    PubsubItem,
+    PubsubNode,
+    SyncState,
+    utc_now,
+)
+from libervia.backend.tools.aio import aio
+
+log = logging.getLogger(__name__)
+
+# Alembic finds the migration scripts as package data, so no alembic.ini is
+# needed at runtime.
+MIGRATION_LOCATION = "libervia.backend.memory:migration"
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA synchronous=NORMAL",
+)
+
+# Execution options read by the SQLite "begin" listener.
+BEGIN_MODE_OPTION = "libervia_sqlite_begin"
+MIGRATION_OPTION = "libervia_migration"
+
+# Fields of a profile that update_profile() may change (the default profile is
+# chosen with set_default_profile()).
+PROFILE_UPDATABLE_FIELDS = frozenset({"name", "jid", "password", "params"})
+
+ITEMS_ORDER_FIELDS = frozenset({"created", "updated"})
+
+# Time added between consecutive items of one batch, so that their order
+# survives even when the clock does not move between two of them.
+ITEM_TIME_STEP = timedelta(microseconds=1)
+
+# Tuple given to cache_pubsub_items(): item id, <item/> XML, parsed data, publisher.
+ItemTuple = tuple[str, str, dict[str, Any] | None, str | None]
+
+
+def default_db_url() -> str:
+    """Return the URL of the default SQLite database, in the user's data directory."""
+    path = paths.data_dir() / C.DB_FILE_NAME
+    return URL.create("sqlite+aiosqlite", database=str(path)).render_as_string()
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Build the Alembic configuration of the backend database in code.
+
+    With ``connection``, migrations run on that (synchronous) connection and in
+    its transaction: this is how :meth:`Storage.initialise` runs them through
+    ``AsyncConnection.run_sync``. Without it, ``migration/env.py`` opens the
+    database named by ``LIBERVIA_DB_URL`` or the default one.
+    """
+    config = Config()
+    config.set_main_option("script_location", MIGRATION_LOCATION)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revisions() -> tuple[str, ...]:
+    """Return the head revisions of the migration scripts."""
+    return tuple(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def _on_sqlite_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+    # Turn off the driver's transaction handling: _on_sqlite_begin emits BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(connection: Connection) -> None:
+    options = connection.get_execution_options()
+    if options.get(MIGRATION_OPTION):
+        # Batch migrations recreate tables. With foreign keys on, dropping the
+        # old copy of a parent table would cascade-delete the rows of its
+        # children. The pragma has no effect inside a transaction, hence here,
+        # and env.py runs "PRAGMA foreign_key_check" before the commit.
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    mode = options.get(BEGIN_MODE_OPTION, "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_storage_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """Create an async engine, with the connection settings of the backend for SQLite.
+
+    Parameters of statements are hidden from logs and errors. ``kwargs`` go to :func:`~sqlalchemy.ext.asyncio.create_async_engine`.
+    """
+    # Statement parameters would otherwise appear in logs and in error
+    # messages, and they include profile passwords.
+    kwargs.setdefault("hide_parameters", True)
+    engine = create_async_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
+    return engine
+
+
+def migration_engine(engine: AsyncEngine) -> AsyncEngine:
+    """Return a view of ``engine`` whose connections are set up to run migrations.
+
+    On SQLite their transactions take the write lock up front and run with
+    foreign keys off. The pragma stays off on the connection after the
+    transaction, so callers must invalidate that connection afterwards
+    instead of returning it to the pool.
+    """
+    return engine.execution_options(**{MIGRATION_OPTION: True, BEGIN_MODE_OPTION: "IMMEDIATE"})
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Revisions and tables found in a database before migrating it."""
+
+    revisions: tuple[str, ...]
+    tables: frozenset[str]
+
+
+def _read_schema_state(connection: Connection) -> SchemaState:
+    revisions = MigrationContext.configure(connection).get_current_heads()
+    tables = frozenset(inspect(connection).get_table_names())
+    return SchemaState(tuple(revisions), tables)
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+def _prepare_sqlite_file(path: Path) -> bool:
+    """Create the database file (mode 0600) and its folder (0700) or check the file.
+
+    Returns True when the file already existed with content. Raises
+    StorageError when the file exists but is not an SQLite database.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    try:
+        # Created here, before SQLite opens it, because SQLite would use the
+        # umask (often 0644) and the file contains the profiles' passwords.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+        log.info("Created database file %s", path)
+        return False
+
+    with path.open("rb") as db_file:
+        header = db_file.read(len(SQLITE_HEADER))
+    if not header:
+        return False
+    if header != SQLITE_HEADER:
+        raise StorageError(
+            f"{path} is not an SQLite database: move it away or set another "
+            f"database URL ({C.ENV_DB_URL}), then start again"
+        )
+
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning(
+            "Database file %s has mode %o and is readable by other users, but it "
+            "contains passwords: run 'chmod 600 %s'",
+            path,
+            mode,
+            path,
+        )
+    return True
+
+
+def _backup_sqlite_file(path: Path, revision: str) -> Path:
+    """Copy the SQLite database ``path`` to ``<path>.bak-<revision>`` (mode 0600).
+
+    The SQLite backup API is used instead of a file copy because committed
+    data may still sit in the WAL file. An existing backup is never
+    overwritten: a numeric suffix is added instead.
+    """
+    target = path.with_name(f"{path.name}.bak-{revision}")
+    counter = 1
+    while True:
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            target = path.with_name(f"{path.name}.bak-{revision}.{counter}")
+            counter += 1
+        else:
+            os.close(fd)
+            break
+
+    source = sqlite3.connect(path)
+    try:
+        destination = sqlite3.connect(target)
+        try:
+            source.backup(destination)
+        finally:
+            destination.close()
+    finally:
+        source.close()
+    return target
+
+
+class Storage:
+    """Database of the backend: profiles and the pubsub cache.
+
+    ``db_url`` is an SQLAlchemy URL with an async driver
+    (``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://...``); None
+    selects :func:`default_db_url`. Call :meth:`initialise` before anything
+    else and :meth:`close` at the end.
+    """
+
+    def __init__(self, db_url: str | None = None) -> None:
+        self.db_url: URL = make_url(db_url or default_db_url())
+        self._engine: AsyncEngine | None = None
+        self._read_sessions: async_sessionmaker[AsyncSession] | None = None
+        self._write_sessions: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """Path of the SQLite database file, None for other databases and in-memory SQLite."""
+        if self.db_url.get_backend_name() != "sqlite":
+            return None
+        database = self.db_url.database
+        if not database or database == ":memory:" or self.db_url.query.get("uri"):
+            return None
+        return Path(database)
+
+    @property
+    def display_name(self) -> str:
+        """Name of the database for messages: file path or URL without password."""
+        path = self.sqlite_path
+        if path is not None:
+            return str(path)
+        return self.db_url.render_as_string(hide_password=True)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """Engine of the database, available between initialise() and close()."""
+        if self._engine is None:
+            raise self._not_open_error()
+        return self._engine
+
+    def _not_open_error(self) -> StorageError:
+        return StorageError(f"storage of {self.display_name} is not open: call initialise() first")
+
+    # Opening and closing.
+
+    @aio
+    async def initialise(self) -> None:
+        """Open the database, creating or upgrading its schema to the head revision.
+
+        Raises StorageError, without changing the database, when it is not a
+        database, contains tables but no Alembic revision, or is at a revision
+        unknown to this version. Raises StorageError naming the backup copy
+        when an upgrade fails.
+        """
+        if self._engine is not None:
+            return
+
+        path = self.sqlite_path
+        existing_file = False
+        if path is not None:
+            try:
+                existing_file = _prepare_sqlite_file(path)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot create or read database file {path}: {exc.strerror}"
+                ) from exc
+
+        state = await self._inspect_schema()
+        heads = head_revisions()
+        self._check_schema_state(state, heads)
+
+        engine = create_storage_engine(self.db_url)
+        try:
+            if set(state.revisions) != set(heads):
+                await self._migrate(engine, state, heads, path if existing_file else None)
+        except BaseException:
+            await engine.dispose()
+            raise
+
+        self._engine = engine
+        self._read_sessions = async_sessionmaker(engine, expire_on_commit=False)
+        write_engine = engine.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
+        self._write_sessions = async_sessionmaker(write_engine, expire_on_commit=False)
+        log.info("Opened database %s at revision %s", self.display_name, ", ".join(heads))
+
+    async def _inspect_schema(self) -> SchemaState:
+        # A plain engine, without the connection pragmas: switching to WAL
+        # writes to the file, which must stay untouched if it is rejected.
+        engine = create_async_engine(self.db_url, poolclass=NullPool, hide_parameters=True)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(_read_schema_state)
+        except DBAPIError as exc:
+            raise StorageError(
+                f"cannot read database {self.display_name}: {exc.orig}. If it is not "
+                f"a Libervia database, move it away or set another database URL "
+                f"({C.ENV_DB_URL})"
+            ) from exc
+        finally:
+            await engine.dispose()
+
+    def _check_schema_state(self, state: SchemaState, heads: Sequence[str]) -> None:
+        script = ScriptDirectory.from_config(alembic_config())
+        known = {revision.revision for revision in script.walk_revisions()}
+        unknown = [revision for revision in state.revisions if revision not in known]
+        if unknown:
+            raise StorageError(
+                f"database {self.display_name} is at revision {', '.join(unknown)}, "
+                f"unknown to this version of Libervia (whose latest revision is "
+                f"{', '.join(heads)}): it was probably written by a newer version. "
+                f"Install that version again, or restore a backup of the database"
+            )
+
+        foreign_tables = state.tables - {"alembic_version"}
+        if not state.revisions and foreign_tables:
+            raise StorageError(
+                f"database {self.display_name} has tables "
+                f"({', '.join(sorted(foreign_tables))}) but no Alembic revision, so it "
+                f"is not a Libervia database: move it away or set another database "
+                f"URL ({C.ENV_DB_URL})"
+            )
+
+    async def _migrate(
+        self,
+        engine: AsyncEngine,
+        state: SchemaState,
+        heads: Sequence[str],
+        existing_file: Path | None,
+    ) -> None:
+        current = ", ".join(state.revisions) or "base"
+        backup: Path | None = None
+        if existing_file is not None and state.tables:
+            try:
+                # A thread, because copying a large database takes a while.
+                backup = await asyncio.to_thread(
+                    _backup_sqlite_file, existing_file, "-".join(state.revisions) or "base"
+                )
+            except (OSError, sqlite3.Error) as exc:
+                raise StorageError(
+                    f"cannot back up database {existing_file} before upgrading it: "
+                    f"{exc}. Free some disk space or check the folder's permissions"
+                ) from exc
+            log.info(
+                "Upgrading database %s from revision %s to %s (backup copy: %s)",
+                existing_file,
+                current,
+                ", ".join(heads),
+                backup,
+            )
+        elif state.tables:
+            log.info(
+                "Upgrading database %s from revision %s to %s",
+                self.display_name,
+                current,
+                ", ".join(heads),
+            )
+        else:
+            log.info(
+                "Creating the schema of database %s at revision %s",
+                self.display_name,
+                ", ".join(heads),
+            )
+
+        try:
+            async with migration_engine(engine).connect() as connection:
+                try:
+                    async with connection.begin():
+                        await connection.run_sync(_upgrade_to_head)
+                finally:
+                    # Its foreign keys are off (see migration_engine()).
+                    await connection.invalidate()
+        except Exception as exc:
+            message = f"upgrading database {self.display_name} from revision {current} failed: {exc}"
+            if backup is not None:
+                message += f". The copy made before the upgrade is {backup}"
+            raise StorageError(message) from exc
+
+    @aio
+    async def close(self) -> None:
+        """Close every connection of the database."""
+        if self._engine is None:
+            return
+        engine = self._engine
+        self._engine = None
+        self._read_sessions = None
+        self._write_sessions = None
+        await engine.dispose()
+
+    # Sessions.
+
+    @asynccontextmanager
+    async def _session(
+        self, write: bool = False, integrity_error: BackendError | None = None
+    ) -> AsyncIterator[AsyncSession]:
+        """Open a session in a transaction, committed at the end of the block.
+
+        ``write`` takes the SQLite write lock when the transaction starts.
+        Database errors become StorageError, or ``integrity_error`` when given
+        and a constraint was violated.
+        """
+        sessions = self._write_sessions if write else self._read_sessions
+        if sessions is None:
+            raise self._not_open_error()
+
+        try:
+            async with sessions() as session, session.begin():
+                yield session
+        except IntegrityError as exc:
+            if integrity_error is not None:
+                raise integrity_error from exc
+            raise StorageError(
+                f"database {self.display_name} rejected the change: {exc.orig}"
+            ) from exc
+        except DBAPIError as exc:
+            raise StorageError(
+                f"database {self.display_name} operation failed: {exc.orig}"
+            ) from exc
+
+    def _insert(self, table: Table) -> Insert:
+        """Return an INSERT of the engine's dialect, which supports ON CONFLICT."""
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            raise StorageError(
+                f"database {self.display_name} uses {dialect}, which is not supported: "
+                f"use SQLite or PostgreSQL"
+            )
+        return insert(table)
+
+    # Profiles.
+
+    @aio
+    async def create_profile(
+        self, name: str, jid: str, password: str, params: dict[str, Any] | None = None
+    ) -> Profile:
+        """Create a profile; the first profile created becomes the default one.
+
+        Raises ProfileExists when a profile already has this name.
+        """
+        if not name:
+            raise InvalidValue("a profile name must not be empty")
+        exists = ProfileExists(f"profile {name!r} already exists: choose another name")
+
+        async with self._session(write=True, integrity_error=exists) as session:
+            if await session.scalar(select(Profile.id).where(Profile.name == name)) is not None:
+                raise exists
+            default_id = await session.scalar(
+                select(Profile.id).where(Profile.is_default.is_(True)).limit(1)
+            )
+            profile = Profile(
+                name=name,
+                jid=jid,
+                password=password,
+                params=dict(params or {}),
+                is_default=default_id is None,
+            )
+            session.add(profile)
+        return profile
+
+    @aio
+    async def get_profile(self, name: str) -> Profile | None:
+        """Return the profile called ``name``, or None."""
+        async with self._session() as session:
+            return await session.scalar(select(Profile).where(Profile.name == name))
+
+    @aio
+    async def get_default_profile(self) -> Profile | None:
+        """Return the default profile, or None when there is no profile."""
+        async with self._session() as session:
+            return await session.scalar(
+                select(Profile).where(Profile.is_default.is_(True)).order_by(Profile.id).limit(1)
+            )
+
+    @aio
+    async def set_default_profile(self, name: str) -> None:
+        """Make ``name`` the default profile. Raises ProfileNotFound."""
+        async with self._session(write=True) as session:
+            if await session.scalar(select(Profile.id).where(Profile.name == name)) is None:
+                raise ProfileNotFound(f"profile {name!r} not found")
+            await session.execute(update(Profile).values(is_default=Profile.name == name))
+
+    @aio
+    async def list_profiles(self) -> list[Profile]:
+        """Return every profile, sorted by name."""
+        async with self._session() as session:
+            return list(await session.scalars(select(Profile).order_by(Profile.name)))
+
+    @aio
+    async def delete_profile(self, name: str) -> bool:
+        """Delete a profile with its cached nodes and items.
+
+        When it was the default profile, the oldest remaining profile becomes
+        the default. Returns False when no profile has this name.
+        """
+        async with self._session(write=True) as session:
+            profile = await session.scalar(select(Profile).where(Profile.name == name))
+            if profile is None:
+                return False
+            await session.execute(delete(Profile).where(Profile.id == profile.id))
+
+            if profile.is_default:
+                next_id = await session.scalar(select(Profile.id).order_by(Profile.id).limit(1))
+                if next_id is not None:
+                    await session.execute(
+                        update(Profile).where(Profile.id == next_id).values(is_default=True)
+                    )
+        log.info("Deleted profile %s", name)
+        return True
+
+    @aio
+    async def update_profile(self, name: str, /, **fields: Any) -> Profile:
+        """Change fields of a profile (name, jid, password, params) and return it.
+
+        Passing ``name`` renames the profile.
+
+        Raises ProfileNotFound, ProfileExists when renaming to a used name, and
+        InvalidValue for any other field.
+        """
+        invalid = set(fields) - PROFILE_UPDATABLE_FIELDS
+        if invalid:
+            raise InvalidValue(
+                f"cannot update profile field(s) {', '.join(sorted(invalid))}: valid "
+                f"fields are {', '.join(sorted(PROFILE_UPDATABLE_FIELDS))}"
+            )
+        new_name = fields.get("name", name)
+        exists = ProfileExists(f"profile {new_name!r} already exists: choose another name")
+
+        async with self._session(write=True, integrity_error=exists) as session:
+            profile = await session.scalar(select(Profile).where(Profile.name == name))
+            if profile is None:
+                raise ProfileNotFound(f"profile {name!r} not found")
+            if new_name != name:
+                if not new_name:
+                    raise InvalidValue("a profile name must not be empty")
+                used = await session.scalar(select(Profile.id).where(Profile.name == new_name))
+                if used is not None:
+                    raise exists
+            for field, value in fields.items():
+                setattr(profile, field, dict(value) if field == "params" else value)
+        return profile
+
+    # Pubsub nodes.
+
+    @aio
+    async def get_pubsub_node(self, profile_id: int, service: str, name: str) -> PubsubNode | None:
+        """Return the cached node ``name`` of ``service`` for a profile, or None."""
+        async with self._session() as session:
+            return await session.scalar(
+                select(PubsubNode).where(
+                    PubsubNode.profile_id == profile_id,
+                    PubsubNode.service == service,
+                    PubsubNode.name == name,
+                )
+            )
+
+    @aio
+    async def set_pubsub_node(
+        self,
+        profile_id: int,
+        service: str,
+        name: str,
+        *,
+        analyser: str | None = None,
+        type_: str | None = None,
+        subtype: str | None = None,
+        sync_state: SyncState | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> PubsubNode:
+        """Create a cached node, or update the given (non-None) fields of an existing one.
+
+        Setting ``sync_state`` also sets ``sync_state_updated``. Concurrent
+        calls for the same node are safe: the row is written with a single
+        INSERT ... ON CONFLICT statement. Raises NotFound when the profile
+        does not exist.
+        """
+        changes: dict[str, Any] = {
+            "analyser": analyser,
+            "type": type_,
+            "subtype": subtype,
+            "extra": extra,
+        }
+        if sync_state is not None:
+            changes["sync_state"] = sync_state
+            changes["sync_state_updated"] = utc_now()
+        changes = {column: value for column, value in changes.items() if value is not None}
+
+        statement = self._insert(PubsubNode.__table__).values(
+            profile_id=profile_id, service=service, name=name, **changes
+        )
+        key = ["profile_id", "service", "name"]
+        if changes:
+            statement = statement.on_conflict_do_update(
+                index_elements=key,
+                set_={column: statement.excluded[column] for column in changes},
+            )
+        else:
+            statement = statement.on_conflict_do_nothing(index_elements=key)
+
+        missing = NotFound(f"profile {profile_id} not found: cannot cache node {name!r}")
+        async with self._session(write=True, integrity_error=missing) as session:
+            await session.execute(statement)
+            node = await session.scalar(
+                select(PubsubNode).where(
+                    PubsubNode.profile_id == profile_id,
+                    PubsubNode.service == service,
+                    PubsubNode.name == name,
+                )
+            )
+        assert node is not None, "the node was written in the same transaction"
+        return node
+
+    @aio
+    async def update_pubsub_node_sync_state(self, node_id: int, state: SyncState | None) -> None:
+        """Set the sync state of a node and its ``sync_state_updated`` time.
+
+        Raises NotFound when the node does not exist.
+        """
+        async with self._session(write=True) as session:
+            result = await session.execute(
+                update(PubsubNode)
+                .where(PubsubNode.id == node_id)
+                .values(sync_state=state, sync_state_updated=utc_now())
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"pubsub node {node_id} not found in the cache")
+
+    @aio
+    async def delete_pubsub_node(self, profile_id: int, service: str, name: str) -> bool:
+        """Delete a cached node and its items; return False when it was not cached."""
+        async with self._session(write=True) as session:
+            result = await session.execute(
+                delete(PubsubNode).where(
+                    PubsubNode.profile_id == profile_id,
+                    PubsubNode.service == service,
+                    PubsubNode.name == name,
+                )
+            )
+            return result.rowcount > 0
+
+    @aio
+    async def get_pubsub_nodes(
+        self, profile_id: int | None = None, sync_state: SyncState | None = None
+    ) -> list[PubsubNode]:
+        """Return the cached nodes, optionally only of a profile and/or in a sync state."""
+        query = select(PubsubNode).order_by(PubsubNode.id)
+        if profile_id is not None:
+            query = query.where(PubsubNode.profile_id == profile_id)
+        if sync_state is not None:
+            query = query.where(PubsubNode.sync_state == sync_state)
+        async with self._session() as session:
+            return list(await session.scalars(query))
+
+    # Pubsub items.
+
+    @aio
+    async def cache_pubsub_items(self, node_id: int, items: Sequence[ItemTuple]) -> None:
+        """Insert or update items of a node, keeping the order given.
+
+        ``items`` contains ``(item_id, xml, parsed, publisher)`` tuples in the order
+        of the service. New items get a ``created`` time later than every item
+        of the node; updated items keep their ``created`` and get a new
+        ``updated``. Times grow by one microsecond per item, so the order of the
+        batch is kept even when the clock does not move. When an item id appears
+        twice, its last occurrence wins, at the last position. Raises NotFound
+        when the node does not exist.
+        """
+        # Dropping earlier duplicates avoids updating one row twice in a
+        # statement, which PostgreSQL rejects.
+        unique_items: dict[str, ItemTuple] = {}
+        for item in items:
+            unique_items.pop(item[0], None)
+            unique_items[item[0]] = item
+        if not unique_items:
+            return
+
+        table = PubsubItem.__table__
+        statement = self._insert(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["node_id", "name"],
+            set_={
+                "data": statement.excluded.data,
+                "parsed": statement.excluded.parsed,
+                "publisher": statement.excluded.publisher,
+                "updated": statement.excluded.updated,
+            },
+        )
+
+        async with self._session(write=True) as session:
+            if await session.scalar(select(PubsubNode.id).where(PubsubNode.id == node_id)) is None:
+                raise NotFound(f"pubsub node {node_id} not found in the cache")
+
+            # The write lock is held from BEGIN IMMEDIATE on SQLite, so no
+            # other writer can insert a later time between this read and the
+            # insert below.
+            # NOTE: PostgreSQL takes no such lock here, so two concurrent
+            # batches on one node may interleave their times there.
+            latest_created, latest_updated = (
+                await session.execute(
+                    select(func.max(PubsubItem.created), func.max(PubsubItem.updated)).where(
+                        PubsubItem.node_id == node_id
+                    )
+                )
+            ).one()
+            start = utc_now()
+            for latest in (latest_created, latest_updated):
+                if latest is not None and latest >= start:
+                    start = latest + ITEM_TIME_STEP
+
+            rows = []
+            for index, (item_id, xml, parsed, publisher) in enumerate(unique_items.values()):
+                timestamp = start + index * ITEM_TIME_STEP
+                rows.append(
+                    {
+                        "node_id": node_id,
+                        "name": item_id,
+                        "data": xml,
+                        "parsed": parsed,
+                        "publisher": publisher,
+                        "created": timestamp,
+                        "updated": timestamp,
+                    }
+                )
+            # One statement executed for all the rows ("executemany").
+            await session.execute(statement, rows)
+
+    @aio
+    async def delete_pubsub_items(self, node_id: int, item_ids: Sequence[str] | None = None) -> int:
+        """Delete items of a node (all of them when ``item_ids`` is None: a purge).
+
+        Returns the number of items deleted; unknown ids are ignored.
+        """
+        query = delete(PubsubItem).where(PubsubItem.node_id == node_id)
+        if item_ids is not None:
+            if not item_ids:
+                return 0
+            query = query.where(PubsubItem.name.in_(item_ids))
+        async with self._session(write=True) as session:
+            result = await session.execute(query)
+            return result.rowcount
+
+    @aio
+    async def get_pubsub_items(
+        self,
+        node_id: int,
+        max_items: int | None = None,
+        item_ids: Sequence[str] | None = None,
+        order_by: str = "created",
+    ) -> list[PubsubItem]:
+        """Return items of a node in ascending order of ``order_by`` (created or updated).
+
+        With ``max_items``, only the last ``max_items`` items in that order
+        (the newest), still in ascending order. With ``item_ids``, only those
+        items (unknown ids are absent from the result). Raises InvalidValue on
+        a negative ``max_items`` or an unknown ``order_by``.
+        """
+        if order_by not in ITEMS_ORDER_FIELDS:
+            raise InvalidValue(
+                f"cannot order pubsub items by {order_by!r}: use one of "
+                f"{', '.join(sorted(ITEMS_ORDER_FIELDS))}"
+            )
+        if max_items is not None and max_items < 0:
+            raise InvalidValue(f"max_items must be 0 or more, not {max_items}")
+        if max_items == 0 or (item_ids is not None and not item_ids):
+            return []
+
+        order_column = getattr(PubsubItem, order_by)
+        query = select(PubsubItem).where(PubsubItem.node_id == node_id)
+        if item_ids is not None:
+            query = query.where(PubsubItem.name.in_(item_ids))
+
+        async with self._session() as session:
+            if max_items is None:
+                query = query.order_by(order_column, PubsubItem.id)
+                return list(await session.scalars(query))
+            query = query.order_by(order_column.desc(), PubsubItem.id.desc()).limit(max_items)
+            newest_first = list(await session.scalars(query))
+        newest_first.reverse()
+        return newest_first
+
+    @aio
+    async def count_pubsub_items(self, node_id: int) -> int:
+        """Return the number of cached items of a node."""
+        async with self._session() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(PubsubItem).where(PubsubItem.node_id == node_id)
+            )
+        return count or 0

@@ -1,0 +1,543 @@
+"""Tests of Storage: profiles, cached pubsub nodes and items, on real SQLite files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from libervia.backend.core.exceptions import (
+    InvalidValue,
+    NotFound,
+    ProfileExists,
+    ProfileNotFound,
+    StorageError,
+)
+from libervia.backend.memory.sqla import Storage
+from libervia.backend.memory.sqla_mapping import Profile, PubsubNode, SyncState
+
+SERVICE = "pubsub.example.org"
+NODE = "urn:xmpp:microblog:0"
+
+
+def item_xml(item_id: str, text: str = "hello") -> str:
+    """Return the XML of a pubsub <item/> with a small payload."""
+    return f'<item id="{item_id}"><entry xmlns="urn:example">{text}</entry></item>'
+
+
+def item_ids_of(items: list) -> list[str]:
+    """Return the item ids of a list of PubsubItem, in order."""
+    return [item.name for item in items]
+
+
+@pytest_twisted.async_yield_fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    """Yield an initialised Storage on a new SQLite file."""
+    storage = Storage(f"sqlite+aiosqlite:///{tmp_path / 'libervia.db'}")
+    await storage.initialise()
+    yield storage
+    await storage.close()
+
+
+@pytest_twisted.async_fixture
+async def profile(storage: Storage) -> Profile:
+    """Return a new profile called alice."""
+    return await storage.create_profile("alice", "alice@example.org", "secret")
+
+
+@pytest_twisted.async_fixture
+async def node(storage: Storage, profile: Profile) -> PubsubNode:
+    """Return a new cached node of alice."""
+    return await storage.set_pubsub_node(profile.id, SERVICE, NODE)
+
+
+class ProfileTests:
+    """Creation, lookup, update and deletion of profiles."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_create_and_get(self, storage: Storage) -> None:
+        created = await storage.create_profile(
+            "alice", "alice@example.org", "secret", {"host": "127.0.0.1"}
+        )
+        loaded = await storage.get_profile("alice")
+
+        assert loaded is not None
+        assert loaded.id == created.id
+        assert loaded.jid == "alice@example.org"
+        assert loaded.password == "secret"
+        assert loaded.params == {"host": "127.0.0.1"}
+        assert loaded.created.tzinfo is not None
+        assert loaded.created == created.created
+
+    @pytest_twisted.ensureDeferred
+    async def test_get_unknown(self, storage: Storage) -> None:
+        assert await storage.get_profile("nobody") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_duplicate_name(self, storage: Storage, profile: Profile) -> None:
+        with pytest.raises(ProfileExists):
+            await storage.create_profile("alice", "other@example.org", "secret")
+
+    @pytest_twisted.ensureDeferred
+    async def test_empty_name(self, storage: Storage) -> None:
+        with pytest.raises(InvalidValue):
+            await storage.create_profile("", "alice@example.org", "secret")
+
+    @pytest_twisted.ensureDeferred
+    async def test_first_is_default(self, storage: Storage) -> None:
+        assert await storage.get_default_profile() is None
+
+        first = await storage.create_profile("alice", "alice@example.org", "secret")
+        second = await storage.create_profile("bob", "bob@example.org", "secret")
+        default = await storage.get_default_profile()
+
+        assert first.is_default
+        assert not second.is_default
+        assert default is not None
+        assert default.name == "alice"
+
+    @pytest_twisted.ensureDeferred
+    async def test_set_default(self, storage: Storage) -> None:
+        await storage.create_profile("alice", "alice@example.org", "secret")
+        await storage.create_profile("bob", "bob@example.org", "secret")
+
+        await storage.set_default_profile("bob")
+        profiles = {profile.name: profile for profile in await storage.list_profiles()}
+
+        assert profiles["bob"].is_default
+        assert not profiles["alice"].is_default
+
+    @pytest_twisted.ensureDeferred
+    async def test_set_default_unknown(self, storage: Storage, profile: Profile) -> None:
+        with pytest.raises(ProfileNotFound):
+            await storage.set_default_profile("nobody")
+
+        default = await storage.get_default_profile()
+        assert default is not None
+        assert default.name == "alice"
+
+    @pytest_twisted.ensureDeferred
+    async def test_list_sorted(self, storage: Storage) -> None:
+        for name in ("carol", "alice", "bob"):
+            await storage.create_profile(name, f"{name}@example.org", "secret")
+
+        names = [profile.name for profile in await storage.list_profiles()]
+
+        assert names == ["alice", "bob", "carol"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete(self, storage: Storage, profile: Profile) -> None:
+        assert await storage.delete_profile("alice") is True
+        assert await storage.get_profile("alice") is None
+        assert await storage.delete_profile("alice") is False
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete_default_promotes(self, storage: Storage) -> None:
+        await storage.create_profile("alice", "alice@example.org", "secret")
+        await storage.create_profile("bob", "bob@example.org", "secret")
+        await storage.create_profile("carol", "carol@example.org", "secret")
+
+        await storage.delete_profile("alice")
+        default = await storage.get_default_profile()
+
+        assert default is not None
+        assert default.name == "bob"
+
+    @pytest_twisted.ensureDeferred
+    async def test_update(self, storage: Storage, profile: Profile) -> None:
+        updated = await storage.update_profile(
+            "alice", jid="alice@example.net", password="new", params={"port": 5222}
+        )
+        loaded = await storage.get_profile("alice")
+
+        assert updated.jid == "alice@example.net"
+        assert loaded is not None
+        assert loaded.jid == "alice@example.net"
+        assert loaded.password == "new"
+        assert loaded.params == {"port": 5222}
+
+    @pytest_twisted.ensureDeferred
+    async def test_rename(self, storage: Storage, profile: Profile) -> None:
+        await storage.update_profile("alice", name="alicia")
+
+        assert await storage.get_profile("alice") is None
+        assert await storage.get_profile("alicia") is not None
+
+    @pytest_twisted.ensureDeferred
+    async def test_rename_to_used_name(self, storage: Storage, profile: Profile) -> None:
+        await storage.create_profile("bob", "bob@example.org", "secret")
+
+        with pytest.raises(ProfileExists):
+            await storage.update_profile("alice", name="bob")
+
+    @pytest_twisted.ensureDeferred
+    async def test_update_unknown(self, storage: Storage) -> None:
+        with pytest.raises(ProfileNotFound):
+            await storage.update_profile("nobody", jid="nobody@example.org")
+
+    @pytest_twisted.ensureDeferred
+    async def test_update_invalid_field(self, storage: Storage, profile: Profile) -> None:
+        with pytest.raises(InvalidValue):
+            await storage.update_profile("alice", is_default=True)
+
+
+class PubsubNodeTests:
+    """Cached pubsub nodes."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_create(self, storage: Storage, profile: Profile) -> None:
+        created = await storage.set_pubsub_node(
+            profile.id,
+            SERVICE,
+            NODE,
+            analyser="microblog",
+            type_="blog",
+            subtype="personal",
+            extra={"max_items": 10},
+        )
+        loaded = await storage.get_pubsub_node(profile.id, SERVICE, NODE)
+
+        assert loaded is not None
+        assert loaded.id == created.id
+        assert loaded.analyser == "microblog"
+        assert loaded.type_ == "blog"
+        assert loaded.subtype == "personal"
+        assert loaded.extra == {"max_items": 10}
+        assert loaded.sync_state is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_get_unknown(self, storage: Storage, profile: Profile) -> None:
+        assert await storage.get_pubsub_node(profile.id, SERVICE, "unknown") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_update_keeps_other_fields(self, storage: Storage, profile: Profile) -> None:
+        first = await storage.set_pubsub_node(
+            profile.id, SERVICE, NODE, analyser="microblog", type_="blog"
+        )
+        second = await storage.set_pubsub_node(
+            profile.id, SERVICE, NODE, sync_state=SyncState.COMPLETED
+        )
+
+        assert second.id == first.id
+        assert second.analyser == "microblog"
+        assert second.type_ == "blog"
+        assert second.sync_state is SyncState.COMPLETED
+        assert second.sync_state_updated is not None
+
+    @pytest_twisted.ensureDeferred
+    async def test_set_without_fields(self, storage: Storage, node: PubsubNode) -> None:
+        again = await storage.set_pubsub_node(node.profile_id, SERVICE, NODE)
+
+        assert again.id == node.id
+
+    @pytest_twisted.ensureDeferred
+    async def test_unique_per_key(self, storage: Storage, profile: Profile) -> None:
+        other_profile = await storage.create_profile("bob", "bob@example.org", "secret")
+
+        nodes = [
+            await storage.set_pubsub_node(profile.id, SERVICE, NODE),
+            await storage.set_pubsub_node(profile.id, SERVICE, "other"),
+            await storage.set_pubsub_node(profile.id, "alice@example.org", NODE),
+            await storage.set_pubsub_node(other_profile.id, SERVICE, NODE),
+            await storage.set_pubsub_node(profile.id, SERVICE, NODE),
+        ]
+
+        assert len({node.id for node in nodes}) == 4
+        assert nodes[4].id == nodes[0].id
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_set(self, storage: Storage, profile: Profile) -> None:
+        calls = [
+            storage.set_pubsub_node(profile.id, SERVICE, NODE, type_=f"type{index}")
+            for index in range(10)
+        ]
+        nodes = await defer.gatherResults(calls)
+
+        assert len({node.id for node in nodes}) == 1
+        assert len(await storage.get_pubsub_nodes(profile.id)) == 1
+
+    @pytest_twisted.ensureDeferred
+    async def test_unknown_profile(self, storage: Storage) -> None:
+        with pytest.raises(NotFound):
+            await storage.set_pubsub_node(12345, SERVICE, NODE)
+
+    @pytest_twisted.ensureDeferred
+    async def test_sync_state(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.update_pubsub_node_sync_state(node.id, SyncState.IN_PROGRESS)
+        in_progress = await storage.get_pubsub_node(node.profile_id, SERVICE, NODE)
+        await storage.update_pubsub_node_sync_state(node.id, SyncState.COMPLETED)
+        completed = await storage.get_pubsub_node(node.profile_id, SERVICE, NODE)
+
+        assert in_progress is not None
+        assert in_progress.sync_state is SyncState.IN_PROGRESS
+        assert in_progress.sync_state_updated is not None
+        assert completed is not None
+        assert completed.sync_state is SyncState.COMPLETED
+        assert completed.sync_state_updated is not None
+        assert completed.sync_state_updated > in_progress.sync_state_updated
+
+    @pytest_twisted.ensureDeferred
+    async def test_sync_state_unknown_node(self, storage: Storage) -> None:
+        with pytest.raises(NotFound):
+            await storage.update_pubsub_node_sync_state(12345, SyncState.ERROR)
+
+    @pytest_twisted.ensureDeferred
+    async def test_list_filters(self, storage: Storage, profile: Profile) -> None:
+        other_profile = await storage.create_profile("bob", "bob@example.org", "secret")
+        synced = await storage.set_pubsub_node(
+            profile.id, SERVICE, "synced", sync_state=SyncState.COMPLETED
+        )
+        await storage.set_pubsub_node(profile.id, SERVICE, "not-synced")
+        others = await storage.set_pubsub_node(
+            other_profile.id, SERVICE, "synced", sync_state=SyncState.COMPLETED
+        )
+
+        all_nodes = await storage.get_pubsub_nodes()
+        alice_nodes = await storage.get_pubsub_nodes(profile.id)
+        completed = await storage.get_pubsub_nodes(sync_state=SyncState.COMPLETED)
+        alice_completed = await storage.get_pubsub_nodes(profile.id, SyncState.COMPLETED)
+
+        assert len(all_nodes) == 3
+        assert {node.name for node in alice_nodes} == {"synced", "not-synced"}
+        assert {node.id for node in completed} == {synced.id, others.id}
+        assert [node.id for node in alice_completed] == [synced.id]
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(node.id, [("1", item_xml("1"), None, None)])
+
+        assert await storage.delete_pubsub_node(node.profile_id, SERVICE, NODE) is True
+        assert await storage.get_pubsub_node(node.profile_id, SERVICE, NODE) is None
+        assert await storage.count_pubsub_items(node.id) == 0
+        assert await storage.delete_pubsub_node(node.profile_id, SERVICE, NODE) is False
+
+
+class PubsubItemTests:
+    """Cached pubsub items: upserts, order, filters and deletions."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_cache_and_get(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id,
+            [
+                ("1", item_xml("1"), {"title": "first"}, "alice@example.org"),
+                ("2", item_xml("2"), None, None),
+            ],
+        )
+        items = await storage.get_pubsub_items(node.id)
+
+        assert item_ids_of(items) == ["1", "2"]
+        assert items[0].data == item_xml("1")
+        assert items[0].parsed == {"title": "first"}
+        assert items[0].publisher == "alice@example.org"
+        assert items[1].parsed is None
+        assert items[1].publisher is None
+        assert items[0].created.tzinfo is not None
+
+    @pytest_twisted.ensureDeferred
+    async def test_batch_order_kept(self, storage: Storage, node: PubsubNode) -> None:
+        # Ids in an order that no sort on the id would give.
+        item_ids = [f"item-{(index * 37) % 101}" for index in range(100)]
+
+        await storage.cache_pubsub_items(
+            node.id, [(item_id, item_xml(item_id), None, None) for item_id in item_ids]
+        )
+        items = await storage.get_pubsub_items(node.id)
+        created = [item.created for item in items]
+
+        assert item_ids_of(items) == item_ids
+        assert all(earlier < later for earlier, later in zip(created, created[1:]))
+
+    @pytest_twisted.ensureDeferred
+    async def test_new_batch_after_old(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(node.id, [("b", item_xml("b"), None, None)])
+        await storage.cache_pubsub_items(node.id, [("a", item_xml("a"), None, None)])
+
+        assert item_ids_of(await storage.get_pubsub_items(node.id)) == ["b", "a"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_upsert_keeps_created(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id,
+            [("1", item_xml("1", "old"), {"v": 1}, None), ("2", item_xml("2"), None, None)],
+        )
+        before = {item.name: item for item in await storage.get_pubsub_items(node.id)}
+
+        await storage.cache_pubsub_items(
+            node.id, [("1", item_xml("1", "new"), {"v": 2}, "bob@example.org")]
+        )
+        after = {item.name: item for item in await storage.get_pubsub_items(node.id)}
+
+        assert after["1"].created == before["1"].created
+        assert after["1"].updated > before["1"].updated
+        assert after["1"].updated > before["2"].updated
+        assert after["1"].data == item_xml("1", "new")
+        assert after["1"].parsed == {"v": 2}
+        assert after["1"].publisher == "bob@example.org"
+        assert after["2"].updated == before["2"].updated
+        assert await storage.count_pubsub_items(node.id) == 2
+
+    @pytest_twisted.ensureDeferred
+    async def test_order_by_updated(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id, [(item_id, item_xml(item_id), None, None) for item_id in "abc"]
+        )
+        await storage.cache_pubsub_items(node.id, [("a", item_xml("a", "edited"), None, None)])
+
+        by_created = await storage.get_pubsub_items(node.id)
+        by_updated = await storage.get_pubsub_items(node.id, order_by="updated")
+
+        assert item_ids_of(by_created) == ["a", "b", "c"]
+        assert item_ids_of(by_updated) == ["b", "c", "a"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_invalid_order_by(self, storage: Storage, node: PubsubNode) -> None:
+        with pytest.raises(InvalidValue):
+            await storage.get_pubsub_items(node.id, order_by="name")
+
+    @pytest_twisted.ensureDeferred
+    async def test_duplicate_id_in_batch(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id,
+            [
+                ("1", item_xml("1", "first"), None, None),
+                ("2", item_xml("2"), None, None),
+                ("1", item_xml("1", "second"), None, None),
+            ],
+        )
+        items = await storage.get_pubsub_items(node.id)
+
+        assert item_ids_of(items) == ["2", "1"]
+        assert items[1].data == item_xml("1", "second")
+
+    @pytest_twisted.ensureDeferred
+    async def test_max_items_newest(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id, [(str(index), item_xml(str(index)), None, None) for index in range(10)]
+        )
+
+        newest = await storage.get_pubsub_items(node.id, max_items=3)
+        more_than_cached = await storage.get_pubsub_items(node.id, max_items=50)
+        none = await storage.get_pubsub_items(node.id, max_items=0)
+
+        assert item_ids_of(newest) == ["7", "8", "9"]
+        assert len(more_than_cached) == 10
+        assert none == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_negative_max_items(self, storage: Storage, node: PubsubNode) -> None:
+        with pytest.raises(InvalidValue):
+            await storage.get_pubsub_items(node.id, max_items=-1)
+
+    @pytest_twisted.ensureDeferred
+    async def test_item_ids_filter(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id, [(item_id, item_xml(item_id), None, None) for item_id in "abcd"]
+        )
+
+        items = await storage.get_pubsub_items(node.id, item_ids=["d", "unknown", "b"])
+        newest = await storage.get_pubsub_items(node.id, max_items=1, item_ids=["a", "c"])
+
+        assert item_ids_of(items) == ["b", "d"]
+        assert item_ids_of(newest) == ["c"]
+        assert await storage.get_pubsub_items(node.id, item_ids=[]) == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_items_per_node(self, storage: Storage, node: PubsubNode) -> None:
+        other = await storage.set_pubsub_node(node.profile_id, SERVICE, "other")
+        await storage.cache_pubsub_items(node.id, [("1", item_xml("1"), None, None)])
+        await storage.cache_pubsub_items(other.id, [("1", item_xml("1", "other"), None, None)])
+
+        items = await storage.get_pubsub_items(node.id)
+
+        assert len(items) == 1
+        assert items[0].data == item_xml("1")
+
+    @pytest_twisted.ensureDeferred
+    async def test_cache_unknown_node(self, storage: Storage) -> None:
+        with pytest.raises(NotFound):
+            await storage.cache_pubsub_items(12345, [("1", item_xml("1"), None, None)])
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete_items(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id, [(item_id, item_xml(item_id), None, None) for item_id in "abc"]
+        )
+
+        deleted = await storage.delete_pubsub_items(node.id, ["a", "c", "unknown"])
+
+        assert deleted == 2
+        assert item_ids_of(await storage.get_pubsub_items(node.id)) == ["b"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_purge(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id, [(item_id, item_xml(item_id), None, None) for item_id in "abc"]
+        )
+
+        deleted = await storage.delete_pubsub_items(node.id)
+
+        assert deleted == 3
+        assert await storage.count_pubsub_items(node.id) == 0
+        assert await storage.get_pubsub_node(node.profile_id, SERVICE, NODE) is not None
+
+    @pytest_twisted.ensureDeferred
+    async def test_profile_delete_cascades(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id, [(item_id, item_xml(item_id), None, None) for item_id in "abc"]
+        )
+
+        await storage.delete_profile("alice")
+
+        assert await storage.get_pubsub_nodes() == []
+        assert await storage.count_pubsub_items(node.id) == 0
+
+
+class ConcurrencyTests:
+    """Two Storage instances writing to the same file at the same time."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_writers(self, tmp_path: Path) -> None:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'libervia.db'}"
+        first = Storage(url)
+        await first.initialise()
+        second = Storage(url)
+        await second.initialise()
+        try:
+            profile = await first.create_profile("alice", "alice@example.org", "secret")
+            node = await first.set_pubsub_node(profile.id, SERVICE, NODE)
+            writes = [
+                writer.cache_pubsub_items(
+                    node.id,
+                    [(f"{index}-{rank}", item_xml(str(rank)), None, None) for rank in range(20)],
+                )
+                for index, writer in enumerate([first, second] * 10)
+            ]
+            await defer.gatherResults(writes)
+            count = await second.count_pubsub_items(node.id)
+        finally:
+            await first.close()
+            await second.close()
+
+        assert count == 400
+
+
+class StorageStateTests:
+    """Use of a Storage before initialise() or after close()."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_not_initialised(self, tmp_path: Path) -> None:
+        storage = Storage(f"sqlite+aiosqlite:///{tmp_path / 'libervia.db'}")
+
+        with pytest.raises(StorageError):
+            await storage.list_profiles()
+
+    @pytest_twisted.ensureDeferred
+    async def test_closed(self, storage: Storage) -> None:
+        await storage.close()
+
+        with pytest.raises(StorageError):
+            await storage.list_profiles()

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from libervia.backend import __version__
 from libervia.cli import cmd_blog, cmd_daemon, cmd_profile, cmd_pubsub
@@ -36,7 +36,15 @@ def print_error(message: str) -> None:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """Parser whose usage errors are one ``li: error:`` line and exit code 1."""
+    """Parser whose usage errors are one ``li: error:`` line and exit code 1.
+
+    Abbreviated long options are off: ``--password`` must not silently mean
+    ``--password-file``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print_error(f"{message} (see '{self.prog} --help')")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import defer, reactor, threads
 
 from libervia.backend.bridge.server import BridgeServer
 from libervia.backend.core import paths
@@ -76,7 +76,10 @@ class StubBackend:
 
     def daemon_stop(self) -> None:
         self.record("daemon_stop")
-        reactor.callLater(0.2, self.bridge.stop)  # type: ignore[attr-defined]
+        # Stop after the response, as the real daemon does.
+        reactor.callLater(  # type: ignore[attr-defined]
+            0.2, lambda: defer.ensureDeferred(self.bridge.stop())
+        )
 
     def profile_create(
         self, name: str, jid: str, password: str, options: dict | None = None
@@ -435,6 +438,70 @@ class ProfileTests:
         result = await run_li(capsys, monkeypatch, "profile", "delete", "bob")
         assert result.code == 0
         assert backend.last("profile_delete") == {"name": "bob"}
+
+
+def run_li_on_terminal(argv: list[str], answers: list[str]) -> tuple[int, str]:
+    """Run ``li`` in a subprocess on a pseudo-terminal, typing ``answers`` at its prompts."""
+    master, slave = os.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "libervia.cli", "--no-autostart", *argv],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        # Without a controlling terminal, getpass reads the pty given as stdin.
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    os.close(slave)
+    output = b""
+    try:
+        for index, answer in enumerate(answers):
+            while output.count(b"Password") <= index:
+                ready, _, _ = select.select([master], [], [], 10)
+                assert ready, f"no password prompt; output so far: {output!r}"
+                output += os.read(master, 1024)
+            os.write(master, answer.encode() + b"\n")
+        while True:
+            ready, _, _ = select.select([master], [], [], 10)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:  # EIO: the child closed the terminal.
+                break
+            if not chunk:
+                break
+            output += chunk
+        return process.wait(timeout=10), output.decode(errors="replace")
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+class TerminalTests:
+    @pytest_twisted.ensureDeferred
+    async def test_create_prompt(self, backend) -> None:
+        code, output = await threads.deferToThread(
+            run_li_on_terminal,
+            ["profile", "create", "alice", "-j", "alice@example.org"],
+            ["typed-secret", "typed-secret"],
+        )
+        assert code == 0, output
+        assert backend.last("profile_create")["password"] == "typed-secret"
+        assert "typed-secret" not in output
+
+    @pytest_twisted.ensureDeferred
+    async def test_create_prompt_mismatch(self, backend) -> None:
+        code, output = await threads.deferToThread(
+            run_li_on_terminal,
+            ["profile", "create", "alice", "-j", "alice@example.org"],
+            ["typed-secret", "other-secret"],
+        )
+        assert code == 1
+        assert "li: error: the passwords do not match" in output
+        assert not backend.called("profile_create")
 
 
 class PubsubTests:

@@ -156,6 +156,7 @@ class XMPPClient:
         self._connecting: defer.Deferred | None = None
         self._timeout_call: Any = None
         self._failure_reason: Exception | None = None
+        self._stream_end_reason: failure.Failure | None = None
         self._stopping = False
         self.connected = False
 
@@ -197,6 +198,7 @@ class XMPPClient:
         self.factory.addBootstrap(xmlstream.STREAM_CONNECTED_EVENT, self._on_stream_connected)
         self.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, self._on_authenticated)
         self.factory.addBootstrap(xmlstream.INIT_FAILED_EVENT, self._on_init_failed)
+        self.factory.addBootstrap(xmlstream.STREAM_END_EVENT, self._on_stream_end)
         self.stream_manager = subprotocols.StreamManager(self.factory)
         self.stream_manager.timeout = self.options.iq_timeout
         self.stream_manager.logTraffic = False
@@ -232,7 +234,13 @@ class XMPPClient:
         if deferred is not None and not deferred.called:
             deferred.errback(exc)
 
+    def _on_stream_end(self, reason: failure.Failure) -> None:
+        # After STARTTLS, a TLS failure reaches the stream with its cause while
+        # the factory only hears that the TCP connection closed.
+        self._stream_end_reason = reason
+
     def _on_stream_connected(self, xs: CountingXmlStream) -> None:
+        self._stream_end_reason = None
         xs.stats = self.stream_stats
         if self.options.allow_plaintext:
             for initializer in xs.initializers:
@@ -317,7 +325,7 @@ class XMPPClient:
         was_connected = self.connected
         self.connected = False
         if self._connecting is not None:
-            tls_cause = _describe_tls_failure(reason)
+            tls_cause = _describe_tls_failure(self._stream_end_reason or reason)
             if tls_cause is not None:
                 exc: Exception = ConnectionError_(
                     f"TLS with {self.server_host}:{self.options.port} failed for domain "

@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 #: Seconds to wait for the response of a call, by default.
 DEFAULT_TIMEOUT = 60.0
 
-#: Seconds given to ``libervia-backend start`` to get the bridge answering.
+#: Seconds given to ``libervia-backend start`` until the bridge responds.
 START_TIMEOUT = 60.0
 
-#: Signals kept for ``iter_signals`` while no one reads them; older ones are dropped.
+#: Max number of signals buffered for ``iter_signals``; the oldest are dropped.
 MAX_BUFFERED_SIGNALS = 1000
 
 RECV_SIZE = 65536
@@ -38,7 +38,7 @@ SignalHandler = Callable[[str, dict[str, Any]], None]
 
 
 class BridgeUnavailable(Exception):
-    """No daemon answers on the bridge socket, or the connection was lost."""
+    """No daemon listens on the bridge socket, or the connection was lost."""
 
 
 class BridgeError(Exception):
@@ -55,7 +55,7 @@ class BridgeError(Exception):
 
 
 class BridgeTimeout(BridgeError):
-    """The daemon did not answer in time."""
+    """The daemon did not respond in time."""
 
     def __init__(self, message: str) -> None:
         super().__init__("TimeoutError", message)
@@ -149,7 +149,7 @@ class BridgeClient:
                 response = self._read_message(deadline)
             except BridgeTimeout:
                 raise BridgeTimeout(
-                    f"the daemon did not answer the call to {method!r} within "
+                    f"the daemon did not respond to the call to {method!r} within "
                     f"{timeout:g} s"
                 ) from None
             if self._dispatch_signal(response):
@@ -294,10 +294,10 @@ def ensure_daemon(
     start_command: Sequence[str] | None = None,
     start_timeout: float = START_TIMEOUT,
 ) -> BridgeClient:
-    """Return a client connected to a daemon that answers, starting one if needed.
+    """Return a client connected to a responsive daemon, starting one if needed.
 
     The daemon is started with ``start_command`` (default: ``python -m
-    libervia.backend start``), which must exit with 0 once the bridge answers.
+    libervia.backend start``), which must exit with 0 once the bridge responds.
     Raises BridgeUnavailable with the start command's message when it fails.
     """
     client = BridgeClient(socket_path, timeout)
@@ -310,14 +310,14 @@ def ensure_daemon(
     except BridgeTimeout:
         client.close()
         raise BridgeUnavailable(
-            f"the daemon listening on {client.socket_path} does not answer: check "
+            f"the daemon listening on {client.socket_path} does not respond to ping: check "
             f"its log ({paths.log_file()})"
         ) from None
 
     command = list(start_command or default_start_command())
     log.debug("starting the daemon: %s", command)
-    # Output goes to files rather than pipes: a daemon that keeps an inherited
-    # pipe open would make us wait for its exit.
+    # Output goes to files rather than pipes, because a daemon that keeps an
+    # inherited pipe open would make us wait for its exit.
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         try:
             process = subprocess.run(

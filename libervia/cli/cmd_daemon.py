@@ -65,7 +65,7 @@ def run_start(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def run_status(ctx: Context, args: argparse.Namespace) -> int:
-    """Print whether the daemon answers; never start it."""
+    """Print whether the daemon responds to ping; never start it."""
     client = BridgeClient(timeout=ctx.timeout)
     try:
         client.connect()

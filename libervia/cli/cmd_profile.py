@@ -166,9 +166,12 @@ def _prompt_password(confirm: bool) -> str:
             f"cannot prompt for the password because stdin is not a terminal: "
             f"{PASSWORD_SOURCES_HELP}"
         )
-    password = getpass.getpass("Password: ")
-    if confirm and getpass.getpass("Password (again): ") != password:
-        raise CliError("the passwords do not match")
+    try:
+        password = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Password (again): ") != password:
+            raise CliError("the passwords do not match")
+    except EOFError:
+        raise CliError("no password typed (end of input at the prompt)") from None
     return password
 
 

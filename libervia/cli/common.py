@@ -21,7 +21,7 @@ class CliError(Exception):
 
 @dataclass
 class Context:
-    """What a command needs to run: output, profile and a lazy bridge connection."""
+    """Run context of a command: output, profile and a lazy bridge connection."""
 
     output: Output
     profile: str | None = None

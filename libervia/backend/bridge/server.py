@@ -7,8 +7,8 @@ requests. Only named params are accepted. Signals are JSON-RPC notifications
 (``{"method": "signal", "params": {"name": .., "args": {..}}}``) sent to every
 connected frontend.
 
-The socket lives in the per-user runtime folder (mode 0700) and has mode 0600:
-whoever can connect to it controls every profile of the user.
+The socket lives in the per-user runtime folder (mode 0700) and has mode 0600,
+because any process that connects to it controls every profile of the user.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def error_message(
 
 
 class _InvalidRequest(Exception):
-    """A request that cannot be dispatched; carries its JSON-RPC error code."""
+    """Error raised for a request that cannot be dispatched, with its JSON-RPC code."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -108,8 +108,8 @@ class _BridgeMethod:
         try:
             self.signature: inspect.Signature | None = inspect.signature(func)
         except (TypeError, ValueError):
-            # Some C callables have no signature: their own TypeError will then
-            # be reported as an internal error instead of invalid params.
+            # Some C callables have no signature. Their own TypeError is then
+            # reported as an internal error instead of invalid params.
             self.signature = None
 
     def check_params(self, params: dict[str, Any]) -> None:
@@ -137,8 +137,8 @@ class BridgeProtocol(protocol.Protocol):
         self.max_line_length = max_line_length
         self.closed: defer.Deferred[None] = defer.Deferred()
         self._buffer = bytearray()
-        # Offset from which to look for the next newline: data before it has
-        # already been searched.
+        # Offset where the search for the next newline resumes, because the
+        # data before it was already searched.
         self._scan_from = 0
         # True while dropping the rest of a line that exceeded the limit.
         self._discarding = False
@@ -187,7 +187,7 @@ class BridgeProtocol(protocol.Protocol):
                 self.server._handle_line(self, line)
 
     def _report_line_too_long(self) -> None:
-        """Answer an oversized request with an error; the connection stays usable."""
+        """Send an error for an oversized request; the connection stays usable."""
         log.warning("bridge request longer than %d bytes dropped", self.max_line_length)
         self.send(
             error_message(
@@ -322,7 +322,7 @@ class BridgeServer:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def _remove_stale_socket(self, path: Path) -> None:
-        """Remove a socket file nobody listens on; raise BackendError if someone does."""
+        """Remove a stale socket file; raise BackendError when a process listens on it."""
         try:
             info = path.lstat()
         except FileNotFoundError:
@@ -398,7 +398,7 @@ class BridgeServer:
             conn.send_raw(data)
 
     def _handle_line(self, conn: BridgeProtocol, line: bytes) -> None:
-        """Parse one request line and dispatch it, answering errors at once."""
+        """Parse one request line and dispatch it; send request errors at once."""
         try:
             request = json.loads(line)
         except ValueError as exc:

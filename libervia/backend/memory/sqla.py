@@ -35,7 +35,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Table, delete, event, func, inspect, select, update
+from sqlalchemy import Connection, Select, Table, delete, event, func, inspect, select, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -832,19 +832,60 @@ class Storage:
         if max_items == 0 or (item_ids is not None and not item_ids):
             return []
 
+        query = self._items_query(select(PubsubItem), node_id, max_items, item_ids, order_by)
+        async with self._session() as session:
+            rows = list(await session.scalars(query))
+        if max_items is not None:
+            rows.reverse()
+        return rows
+
+    @aio
+    async def get_pubsub_items_xml(
+        self,
+        node_id: int,
+        max_items: int | None = None,
+        item_ids: Sequence[str] | None = None,
+        order_by: str = "created",
+    ) -> list[str]:
+        """Return the serialised ``<item/>`` XML of items, as :meth:`get_pubsub_items` selects them.
+
+        This is the pubsub cache's serving path: it reads one column without
+        building ORM objects.
+        """
+        if order_by not in ITEMS_ORDER_FIELDS:
+            raise InvalidValue(
+                f"cannot order pubsub items by {order_by!r}: use one of "
+                f"{', '.join(sorted(ITEMS_ORDER_FIELDS))}"
+            )
+        if max_items is not None and max_items < 0:
+            raise InvalidValue(f"max_items must be 0 or more, not {max_items}")
+        if max_items == 0 or (item_ids is not None and not item_ids):
+            return []
+        query = self._items_query(select(PubsubItem.data), node_id, max_items, item_ids, order_by)
+        try:
+            async with self.engine.connect() as connection:
+                data = list((await connection.execute(query)).scalars())
+        except DBAPIError as exc:
+            raise StorageError(
+                f"database {self.display_name} operation failed: {exc.orig}"
+            ) from exc
+        if max_items is not None:
+            data.reverse()
+        return data
+
+    @staticmethod
+    def _items_query(
+        query: Select, node_id: int, max_items: int | None, item_ids: Sequence[str] | None,
+        order_by: str,
+    ) -> Select:
+        """Filter and order an items query; with ``max_items`` it selects the newest first."""
         order_column = getattr(PubsubItem, order_by)
-        query = select(PubsubItem).where(PubsubItem.node_id == node_id)
+        query = query.where(PubsubItem.node_id == node_id)
         if item_ids is not None:
             query = query.where(PubsubItem.name.in_(item_ids))
-
-        async with self._session() as session:
-            if max_items is None:
-                query = query.order_by(order_column, PubsubItem.id)
-                return list(await session.scalars(query))
-            query = query.order_by(order_column.desc(), PubsubItem.id.desc()).limit(max_items)
-            newest_first = list(await session.scalars(query))
-        newest_first.reverse()
-        return newest_first
+        if max_items is None:
+            return query.order_by(order_column, PubsubItem.id)
+        return query.order_by(order_column.desc(), PubsubItem.id.desc()).limit(max_items)
 
     @aio
     async def count_pubsub_items(self, node_id: int) -> int:

@@ -37,7 +37,7 @@ from libervia.backend.plugins.plugin_xep_0060 import (
     NS_PUBSUB,
     TRIGGER_GET_ITEMS,
     TRIGGER_ITEMS_RECEIVED,
-    item_from_xml,
+    items_from_xml,
     parse_jid,
 )
 from libervia.backend.tools.aio import maybe_await
@@ -93,6 +93,12 @@ class PubsubCache:
         self._syncs: dict[tuple[str, str, str], defer.Deferred] = {}
         self.hits = 0
         self.misses = 0
+        # (profile id, service, node) -> node id of the COMPLETED nodes, so the
+        # serving path reads no node row. Every state change of this process
+        # goes through _set_state or _forget_node, which keep it exact.
+        # TODO: several daemons sharing one PostgreSQL database need a shared
+        # invalidation (LISTEN/NOTIFY) before this memo can be trusted there.
+        self._completed: dict[tuple[int, str, str], int] = {}
 
         strategy = host.config.get("pubsub_cache", "strategy", STRATEGY_CACHE)
         if strategy not in (STRATEGY_CACHE, STRATEGY_NO_CACHE):
@@ -216,17 +222,15 @@ class PubsubCache:
             # A subscription id filters what the service returns: not answerable here.
             return None
         service = service or client.jid.userhostJID()
-        node_row = await self.host.storage.get_pubsub_node(
-            client.profile_id, service.full(), node
-        )
-        if node_row is None or node_row.sync_state != SyncState.COMPLETED:
+        node_id = await self._completed_node_id(client, service.full(), node)
+        if node_id is None:
             self.misses += 1
             return None
 
-        rows = await self.host.storage.get_pubsub_items(
-            node_row.id, max_items=max_items, item_ids=item_ids
+        xmls = await self.host.storage.get_pubsub_items_xml(
+            node_id, max_items=max_items, item_ids=item_ids
         )
-        items = [item_from_xml(row.data) for row in rows]
+        items = items_from_xml(xmls)
         self.hits += 1
         log.debug(
             "profile %s: %d items of %s node %s served from the cache",
@@ -239,6 +243,32 @@ class PubsubCache:
             C.META_FROM_CACHE: True,
         }
         return False, (items, metadata)
+
+    async def _completed_node_id(self, client: Any, service: str, node: str) -> int | None:
+        """Return the id of a COMPLETED node, or None when it must not be served."""
+        key = (client.profile_id, service, node)
+        node_id = self._completed.get(key)
+        if node_id is not None:
+            return node_id
+        node_row = await self.host.storage.get_pubsub_node(client.profile_id, service, node)
+        if node_row is None or node_row.sync_state != SyncState.COMPLETED:
+            return None
+        self._completed[key] = node_row.id
+        return node_row.id
+
+    async def _set_state(
+        self, client: Any, service: str, node: str, node_id: int, state: SyncState,
+    ) -> None:
+        """Store a node's sync state and keep the memo of COMPLETED nodes exact."""
+        key = (client.profile_id, service, node)
+        if state != SyncState.COMPLETED:
+            self._completed.pop(key, None)
+        await self.host.storage.update_pubsub_node_sync_state(node_id, state)
+        if state == SyncState.COMPLETED:
+            self._completed[key] = node_id
+
+    def _forget_node(self, client: Any, service: str, node: str) -> None:
+        self._completed.pop((client.profile_id, service, node), None)
 
     async def _items_received_trigger(
         self,
@@ -327,7 +357,7 @@ class PubsubCache:
         # full fetch is in flight is applied after the fetched items are stored.
         await self._lock(key).acquire()
         try:
-            await storage.update_pubsub_node_sync_state(node_id, SyncState.IN_PROGRESS)
+            await self._set_state(client, service.full(), node, node_id, SyncState.IN_PROGRESS)
             log.info("profile %s: syncing node %s of %s", client.profile, node, service.full())
             await self._p.subscribe(client, service, node)
             # TODO: page with RSM when the service supports it; a full fetch
@@ -346,13 +376,13 @@ class PubsubCache:
             )
             await storage.delete_pubsub_items(node_id)
             await storage.cache_pubsub_items(node_id, [row for row in rows if row is not None])
-            await storage.update_pubsub_node_sync_state(node_id, SyncState.COMPLETED)
+            await self._set_state(client, service.full(), node, node_id, SyncState.COMPLETED)
         except Exception as e:
             log.warning(
                 "profile %s: sync of node %s of %s failed: %s",
                 client.profile, node, service.full(), e,
             )
-            await storage.update_pubsub_node_sync_state(node_id, SyncState.ERROR)
+            await self._set_state(client, service.full(), node, node_id, SyncState.ERROR)
             self.host.bridge.send_signal(
                 "ps_cache_sync", profile=client.profile, service=service.full(), node=node,
                 state=SyncState.ERROR.value, error=str(e),
@@ -481,6 +511,7 @@ class PubsubCache:
         node_row = await self._cached_node(client, event)
         if node_row is None:
             return
+        self._forget_node(client, node_row.service, node_row.name)
         await self.host.storage.delete_pubsub_node(
             client.profile_id, node_row.service, node_row.name
         )

@@ -144,6 +144,26 @@ def item_from_xml(xml: str) -> domish.Element:
     return elt
 
 
+def items_from_xml(xmls: list[str]) -> list[domish.Element]:
+    """Parse several serialised ``<item/>`` elements with a single XML parser.
+
+    Each string must be a whole ``<item/>`` declaring its namespace, as the
+    pubsub cache stores them. Raises InvalidValue when the XML is malformed.
+    """
+    if not xmls:
+        return []
+    document = "<items>" + "".join(xmls) + "</items>"
+    try:
+        root = parseXml(document.encode("utf-8"))
+    except Exception as e:
+        raise InvalidValue(f"invalid stored item XML: {e}") from e
+    items = []
+    for elt in root.elements():
+        elt.parent = None
+        items.append(elt)
+    return items
+
+
 class XEP_0060:
     """Pubsub client plugin: requests, trigger points and event callbacks."""
 

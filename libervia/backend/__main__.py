@@ -2,8 +2,8 @@
 
 ``fg`` runs the daemon in the foreground; ``start`` runs ``fg`` in a new
 session in the background, with its output in the log file, and returns once
-the bridge answers; ``stop`` asks the daemon to stop and waits until its
-process has exited; ``status`` exits with 0 when a daemon answers and 3
+the bridge responds; ``stop`` asks the daemon to stop and waits until its
+process has exited; ``status`` exits with 0 when a daemon responds and 3
 otherwise. The PID file and the bridge socket live in the per-user runtime
 directory, so each OS user runs a daemon of their own.
 """
@@ -33,7 +33,7 @@ log = logging.getLogger("libervia.backend")
 
 
 def bridge_ping(timeout: float = 2.0) -> bool:
-    """Return True when a daemon answers ``ping`` on the bridge socket."""
+    """Return True when a daemon responds to ``ping`` on the bridge socket."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -165,13 +165,14 @@ def run_foreground(log_level: str | None = None) -> int:
 
 
 def start_background() -> int:
-    """Start ``fg`` detached from the terminal; return once the bridge answers."""
+    """Start ``fg`` detached from the terminal; return once the bridge responds."""
     if bridge_ping():
         print("libervia-backend is already running")
         return 0
     log_path = paths.log_file()
     paths.data_dir(create=True)
     paths.runtime_dir(create=True)
+
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     offset = os.lseek(fd, 0, os.SEEK_END)
     with os.fdopen(fd, "ab") as log_out:
@@ -182,6 +183,7 @@ def start_background() -> int:
             stderr=log_out,
             start_new_session=True,
         )
+
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -193,10 +195,11 @@ def start_background() -> int:
     else:
         process.terminate()
         print(
-            f"libervia-backend did not answer within {START_TIMEOUT:g} s; see {log_path}",
+            f"libervia-backend did not respond within {START_TIMEOUT:g} s; see {log_path}",
             file=sys.stderr,
         )
         return 1
+
     with open(log_path, "rb") as f:
         f.seek(offset)
         tail = f.read().decode("utf-8", "replace").strip().splitlines()[-10:]
@@ -217,7 +220,7 @@ def stop() -> int:
         print("libervia-backend is not running")
         return 0
     if pid is None:
-        print("libervia-backend answers but its PID file is missing", file=sys.stderr)
+        print("libervia-backend responds but its PID file is missing", file=sys.stderr)
         return 1
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
@@ -233,7 +236,7 @@ def stop() -> int:
 
 
 def status() -> int:
-    """Print whether the daemon runs; return 0 when it answers, 3 otherwise."""
+    """Print whether the daemon runs; return 0 when it responds, 3 otherwise."""
     pid = read_pid()
     if bridge_ping():
         print(f"libervia-backend is running (pid {pid})")
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     fg = sub.add_parser("fg", help="run in the foreground, logging to stderr")
     fg.add_argument("--log-level", help="logging level name (default: config or INFO)")
-    sub.add_parser("start", help="start in the background and wait until it answers")
+    sub.add_parser("start", help="start in the background and wait until it responds")
     sub.add_parser("stop", help="stop the running daemon and wait until it exits")
     sub.add_parser("status", help="exit 0 when the daemon runs, 3 when it does not")
     args = parser.parse_args(argv)

@@ -64,7 +64,7 @@ def atom_case_items(data_dir: Path = DATA_DIR) -> list[str]:
     items = []
     for name in ATOM_CASES:
         text = (data_dir / "atom" / name).read_text()
-        # The leading comment holds the case's description, not part of the feed.
+        # The leading comment contains the case's description, not part of the feed.
         text = re.sub(r"^<!--.*?-->\s*", "", text, flags=re.S)
         feed = parseXml(text.encode())
         entry = next(feed.elements(NS_ATOM, "entry"))
@@ -78,5 +78,9 @@ def atom_case_items(data_dir: Path = DATA_DIR) -> list[str]:
 
 
 def blog_items(data_dir: Path = DATA_DIR) -> list[str]:
-    """Return every sample item: the XEP-0277 examples then the Atom cases."""
-    return xep_0277_items(data_dir) + atom_case_items(data_dir)
+    """Return every sample item: the Atom cases, then the XEP-0277 examples.
+
+    Published in this order, the newest posts are the examples, which all
+    have a title.
+    """
+    return atom_case_items(data_dir) + xep_0277_items(data_dir)

@@ -126,9 +126,11 @@ class EndToEndTests:
     def test_cached_items_parsed_as_microblog(self, backend, accounts, blog):
         service = accounts["pub"]["jid"]
         cached = _wait_synced(backend, service)
-        first = cached["items"][0]["parsed"]
+        parsed = {item["id"]: item["parsed"] for item in cached["items"]}
+        first = parsed["xep0277-ex1-0"]
         assert first["title"] == "hanging out at the Café Napolitano"
         assert first["published"] == 1210271402.0
+        assert parsed["atom-entry_category_label"]["tags"] == ["atom10"]
         posts = backend.li_json("blog", "get", "-s", service, "-p", "reader")
         assert [post["id"] for post in posts["items"]] == blog
 
@@ -244,7 +246,7 @@ class BadInputTests:
             "pubsub", "get", "-s", service, "-n", "no-such-node", "-p", "reader", expect=1
         )
         assert "no-such-node" in result.stderr
-        # Prosody answers forbidden for a PEP node that does not exist.
+        # Prosody returns forbidden for a PEP node that does not exist.
         assert "failed: forbidden" in result.stderr or "item-not-found" in result.stderr
         self._assert_running(backend)
 

@@ -181,7 +181,7 @@ class Backend:
     async def _daemon_stop(self) -> None:
         from twisted.internet import reactor
 
-        # Answer first, then stop: the caller waits for the process to exit.
+        # Send the response first, then stop: the caller waits for the process to exit.
         reactor.callLater(0, self._request_stop)
 
     def _request_stop(self) -> None:

@@ -3,15 +3,23 @@
 A plugin is a module named ``plugin_*.py`` in :mod:`libervia.backend.plugins`
 with a ``PLUGIN_INFO`` mapping:
 
-``name``           human readable name
-``import_name``    unique key in ``host.plugins`` (e.g. ``"XEP-0060"``)
-``type``           free-form category (``"XEP"``, ``"MISC"``, ...)
-``dependencies``   import names that must be loaded first; a missing one
-                   prevents loading and raises :class:`PluginError`
-``recommendations`` import names loaded first when available
-``main``           name of the class instantiated with the host
-``modes``          ``["client"]``, ``["component"]`` or both
-``description``    one line
+``name``
+    human readable name
+``import_name``
+    unique key in ``host.plugins`` (e.g. ``"XEP-0060"``)
+``type``
+    free-form category (``"XEP"``, ``"MISC"``, ...)
+``dependencies``
+    import names that must be loaded first; a missing one prevents loading
+    and raises :class:`PluginError`
+``recommendations``
+    import names loaded first when available
+``main``
+    name of the class instantiated with the host
+``modes``
+    ``["client"]``, ``["component"]`` or both
+``description``
+    one line
 
 Plugins are instantiated in dependency order, so a plugin's ``__init__`` can
 use ``host.plugins[dep]`` for each of its dependencies and recommendations.

@@ -40,7 +40,7 @@ DEFAULT_IQ_TIMEOUT = 60.0
 
 @dataclass
 class ConnectionOptions:
-    """Where and how a profile connects; unset values come from the JID's domain."""
+    """Connection settings of a profile; unset values come from the JID's domain."""
 
     host: str | None = None
     port: int = DEFAULT_PORT
@@ -157,6 +157,7 @@ class XMPPClient:
         self._timeout_call: Any = None
         self._failure_reason: Exception | None = None
         self._stream_end_reason: failure.Failure | None = None
+        self._stream: CountingXmlStream | None = None
         self._stopping = False
         self.connected = False
 
@@ -179,7 +180,7 @@ class XMPPClient:
                 ) from e
             except SSL.Error as e:
                 raise ConfigError(
-                    f"CA file {path} holds no valid PEM certificate: {e}"
+                    f"CA file {path} contains no valid PEM certificate: {e}"
                 ) from e
             return ssl.optionsForClientTLS(domain, trustRoot=trust_root)
         return ssl.optionsForClientTLS(domain)
@@ -240,6 +241,7 @@ class XMPPClient:
         self._stream_end_reason = reason
 
     def _on_stream_connected(self, xs: CountingXmlStream) -> None:
+        self._stream = xs
         self._stream_end_reason = None
         xs.stats = self.stream_stats
         if self.options.allow_plaintext:
@@ -271,7 +273,9 @@ class XMPPClient:
                 f"{self.server_host} offers no SASL mechanism usable over this "
                 "connection (PLAIN needs TLS unless allow_plaintext is set)"
             )
-        elif reason.check(xmlstream.TLSRequired):
+        elif reason.check(xmlstream.TLSRequired) or (
+            reason.check(xmlstream.FeatureNotAdvertized) and self._failed_at_tls()
+        ):
             exc = ConnectionError_(
                 f"{self.server_host}:{self.options.port} does not offer TLS; set "
                 "allow_plaintext only if the connection is trusted"
@@ -287,6 +291,15 @@ class XMPPClient:
         log.warning("profile %s: %s", self.profile, exc)
         self._failure_reason = exc
         self._fail_connecting(exc)
+
+    def _failed_at_tls(self) -> bool:
+        """Return True when stream initialisation stopped at the STARTTLS step."""
+        # Twisted's authenticator removes each initializer once it succeeded,
+        # so the first one left is the one that failed.
+        initializers = getattr(self._stream, "initializers", None) or []
+        return bool(initializers) and isinstance(
+            initializers[0], xmlstream.TLSInitiatingInitializer
+        )
 
     def _on_timeout(self) -> None:
         self._timeout_call = None
@@ -343,7 +356,7 @@ class XMPPClient:
             return False
         if was_connected:
             # TODO: reconnection uses Twisted's ReconnectingClientFactory backoff;
-            # plugins are told through on_stream_reestablished once it succeeds.
+            # plugins are notified through on_stream_reestablished once it succeeds.
             log.warning(
                 "profile %s: connection lost (%s), reconnecting",
                 self.profile, reason.getErrorMessage(),

@@ -57,7 +57,7 @@ PLUGIN_INFO = {
 
 ANALYSER_KEYS = {"name", "type", "subtype", "node", "namespace", "to_sync", "parser", "match_cb"}
 
-# The cache answers before any other trigger of the get items point.
+# The cache's triggers run before any other trigger of the same points.
 TRIGGER_PRIORITY = 1000
 
 STRATEGY_CACHE = "cache"
@@ -326,8 +326,8 @@ class PubsubCache:
     ) -> defer.Deferred:
         """Start synchronising a node in the background, unless a sync is running.
 
-        Returns the Deferred of the running sync; it never fails (errors are
-        logged and stored as the ERROR state).
+        Returns the Deferred of the running sync. Sync errors are logged and
+        stored as the ERROR state instead of failing that Deferred.
         """
         key = _node_key(client, service.full(), node)
         running = self._syncs.get(key)
@@ -366,9 +366,10 @@ class PubsubCache:
                 client, service, node, extra={"use_cache": False}
             )
             rows = [await self._item_row(client, service, node, item, analyser) for item in items]
-            # Services differ on the publisher attribute in items results, while
-            # notifications may carry it; remember what this one returns so
-            # items stored from notifications look like the service's own.
+            # Notifications may carry a publisher attribute that the service
+            # omits from items results (Prosody 0.12 does). Remembering what
+            # this service returns keeps items stored from notifications equal
+            # to the items it would return.
             publisher_in_items = any(item.hasAttribute("publisher") for item in items)
             await storage.set_pubsub_node(
                 client.profile_id, service.full(), node,

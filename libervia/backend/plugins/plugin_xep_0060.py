@@ -3,7 +3,7 @@
 Requests go through wokkel's ``PubSubRequest``, extended here with the parts
 wokkel 18.0.0 lacks (``notify`` on retract, publish options). Every item
 request runs the ``XEP-0060_get_items`` trigger point first, which is where the
-pubsub cache answers from storage. Notifications are parsed by wokkel and
+pubsub cache serves items from storage. Notifications are parsed by wokkel and
 handed to the callbacks registered for the node, in priority order.
 
 Trigger points:
@@ -205,7 +205,7 @@ class XEP_0060:
             raise self._stanza_error(e, target, node, action) from e
         except defer.TimeoutError as e:
             raise PubsubError(
-                f"{action} on {target} node {node!r}: no answer within "
+                f"{action} on {target} node {node!r}: no response within "
                 f"{client.options.iq_timeout:g} s"
             ) from e
 
@@ -237,9 +237,9 @@ class XEP_0060:
     ) -> tuple[list[domish.Element], dict[str, Any]]:
         """Return the items of a node and a metadata mapping.
 
-        ``max_items`` asks for the newest items; ``item_ids`` for given items.
-        The ``XEP-0060_get_items`` trigger may answer instead of the network
-        (the pubsub cache does). Raises InvalidValue for bad arguments and
+        ``max_items`` requests the newest items and ``item_ids`` given items.
+        A ``XEP-0060_get_items`` trigger may supply the result instead of the
+        network (the pubsub cache does). Raises InvalidValue for bad arguments and
         PubsubError when the service returns an error.
         """
         extra = dict(extra or {})
@@ -299,7 +299,7 @@ class XEP_0060:
     ) -> list[str]:
         """Publish ``items`` with optional publish options; return the item ids.
 
-        The ids come from the service's answer when it assigned them, else
+        The ids come from the service's response when it assigned them, else
         from the items sent.
         """
         request = PubSubRequest("publish")
@@ -325,7 +325,7 @@ class XEP_0060:
         item_ids: list[str],
         notify: bool = True,
     ) -> None:
-        """Retract items; with ``notify`` the service tells the subscribers."""
+        """Retract items; with ``notify`` the service notifies the subscribers."""
         if not item_ids:
             raise InvalidValue("no item id given to retract")
         request = PubSubRequest("retract")

@@ -8,26 +8,34 @@ functions, usable without a backend host.
 
 Keys of the data model, all optional except ``id``:
 
-``id``                   pubsub item id
-``atom_id``              Atom ``<id/>`` of the entry; absent when the entry has
-                         none, as in the comment example of XEP-0277
+``id``
+    pubsub item id
+``atom_id``
+    Atom ``<id/>`` of the entry; absent when the entry has none, as in the
+    comment example of XEP-0277
 ``title``, ``content``, ``summary``
-                         plain text
+    plain text
 ``title_xhtml``, ``content_xhtml``, ``summary_xhtml``
-                         sanitised XHTML fragment (no wrapper ``<div/>``),
-                         when the entry has rich text
+    sanitised XHTML fragment (no wrapper ``<div/>``), when the entry has rich
+    text
 ``published``, ``updated``
-                         float UNIX timestamps (UTC)
+    float UNIX timestamps (UTC)
 ``author``, ``author_uri``, ``author_email``
-                         first author's name, URI and email
-``author_jid``           author's JID, from an ``xmpp:`` author URI, else the
-                         item publisher
-``author_jid_verified``  True when the author JID is the item publisher
-``tags``                 category terms
-``language``             ``xml:lang`` of the entry
-``links``                ``{href, rel, type, title, hreflang, length}`` dicts
-``comments``             ``{uri, service, node}`` dicts, one per comments node
-``service``, ``node``    where the item comes from, when known
+    first author's name, URI and email
+``author_jid``
+    author's JID, from an ``xmpp:`` author URI, else the item publisher
+``author_jid_verified``
+    True when the author JID is the item publisher
+``tags``
+    category terms
+``language``
+    ``xml:lang`` of the entry
+``links``
+    ``{href, rel, type, title, hreflang, length}`` dicts
+``comments``
+    ``{uri, service, node}`` dicts, one per comments node
+``service``, ``node``
+    where the item comes from, when known
 
 Rich text from the network is untrusted: every HTML or XHTML construct goes
 through an allow-list sanitiser that drops scripts, styles, event handler

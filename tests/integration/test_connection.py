@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
+import pytest_twisted
 
 from libervia.testing.backend import BackendRunner
 from libervia.testing.prosody import ProsodyServer
@@ -85,3 +88,33 @@ class ProfileCommandTests:
         backend.li("profile", "delete", "doomed")
         names = [p["name"] for p in backend.li_json("profile", "list")]
         assert "doomed" not in names
+
+
+class ConcurrentConnectTests:
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_connects_share_one_client(
+        self, plain_prosody, tmp_path, monkeypatch
+    ):
+        from twisted.internet import defer
+
+        from libervia.backend.core.main import Backend
+
+        for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+            monkeypatch.setenv(var, str(tmp_path / var.lower()))
+        monkeypatch.setenv("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="lbc-", dir="/tmp"))
+        backend = Backend()
+        await backend.start()
+        try:
+            await backend._profile_create(
+                "shared", f"plainuser@{plain_prosody.domain}", "plain-password",
+                {"host": plain_prosody.host, "port": plain_prosody.port,
+                 "allow_plaintext": True},
+            )
+            clients = await defer.gatherResults([
+                defer.ensureDeferred(backend.connect_profile("shared")) for _ in range(3)
+            ])
+            assert clients[0] is clients[1]
+            assert clients[0] is clients[2]
+            assert backend.clients["shared"] is clients[0]
+        finally:
+            await backend.stop()

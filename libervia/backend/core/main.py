@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from twisted.internet import defer
+
 from libervia.backend import __version__
 from libervia.backend.bridge.server import BridgeServer
 from libervia.backend.core import paths, plugin_manager
@@ -42,6 +44,7 @@ class Backend:
         self.plugins: dict[str, Any] = {}
         self.clients: dict[str, XMPPClient] = {}
         self.default_profile: str | None = None
+        self._connecting: dict[str, list[defer.Deferred]] = {}
         self.stopped: Any = None
         self._register_core_methods()
 
@@ -125,6 +128,28 @@ class Backend:
         client = self.clients.get(name)
         if client is not None and client.connected:
             return client
+        if client is not None:
+            # A stream lost and still retrying: replace it by a fresh attempt.
+            await self.disconnect_profile(name)
+        # Concurrent requests for one profile share a single connection attempt.
+        waiters = self._connecting.get(name)
+        if waiters is not None:
+            waiter: defer.Deferred = defer.Deferred()
+            waiters.append(waiter)
+            return await waiter
+
+        self._connecting[name] = []
+        try:
+            client = await self._connect_profile(name, password)
+        except Exception as e:
+            for waiter in self._connecting.pop(name):
+                waiter.errback(e)
+            raise
+        for waiter in self._connecting.pop(name):
+            waiter.callback(client)
+        return client
+
+    async def _connect_profile(self, name: str, password: str | None) -> XMPPClient:
         profile = await self.storage.get_profile(name)
         if profile is None:
             raise ProfileNotFound(f"profile {name!r} not found: see li profile list")

@@ -1,8 +1,8 @@
 """An XML stream without a connection, for unit tests of protocol code.
 
 :class:`FakeXmlStream` records every stanza sent on it, so a test can inspect
-a request exactly as it would go out, then feed back the answer a server
-would give. :class:`FakeClient` wraps it with the attributes of a connected
+a request exactly as it would go out, then feed back the response a server
+would send. :class:`FakeClient` wraps it with the attributes of a connected
 :class:`~libervia.backend.core.xmpp.XMPPClient` that plugins read (profile,
 JID, options, stream manager), so plugin code runs unchanged against it.
 
@@ -11,7 +11,7 @@ Typical use::
     client = FakeClient()
     d = defer.ensureDeferred(plugin.get_items(client, service, "node"))
     request = await client.xmlstream.next_sent()
-    client.xmlstream.answer(request, result_child)
+    client.xmlstream.respond(request, result_child)
     items, metadata = await d
 """
 
@@ -34,7 +34,7 @@ from libervia.backend.core.xmpp import ConnectionOptions
 class FakeXmlStream(xmlstream.XmlStream):
     """XML stream that stores what is sent and dispatches what a test feeds it.
 
-    Nothing is serialised: ``sent`` holds the element objects passed to
+    Nothing is serialised: ``sent`` contains the element objects passed to
     :meth:`send`, in order. Observers (IQ response tracking, wokkel handlers)
     work as on a real stream because incoming stanzas go through
     :meth:`dispatch`.
@@ -70,20 +70,20 @@ class FakeXmlStream(xmlstream.XmlStream):
         """Deliver ``stanza`` to the stream's observers as if the server sent it."""
         self.dispatch(stanza)
 
-    def answer(
+    def respond(
         self, request: domish.Element, child: domish.Element | None = None
     ) -> domish.Element:
-        """Deliver the ``result`` IQ answering ``request``, with an optional payload child."""
+        """Deliver the ``result`` IQ responding to ``request``, with an optional payload child."""
         response = xmlstream.toResponse(request, "result")
         if child is not None:
             response.addChild(child)
         self.receive(response)
         return response
 
-    def answer_error(
+    def respond_error(
         self, request: domish.Element, condition: str, text: str | None = None
     ) -> domish.Element:
-        """Deliver an ``error`` IQ answering ``request`` with a stanza error condition."""
+        """Deliver an ``error`` IQ responding to ``request`` with a stanza error condition."""
         response = jabber_error.StanzaError(condition, text=text).toResponse(request)
         self.receive(response)
         return response

@@ -71,6 +71,22 @@ def discover(package: str = PLUGINS_PACKAGE) -> dict[str, ModuleType]:
     return modules
 
 
+def _depends_on(modules: dict[str, ModuleType], name: str, target: str) -> bool:
+    """Return True when plugin ``name`` needs ``target`` through its dependencies."""
+    seen: set[str] = set()
+    stack = [name]
+    while stack:
+        current = stack.pop()
+        if current in seen or current not in modules:
+            continue
+        seen.add(current)
+        deps = modules[current].PLUGIN_INFO.get("dependencies", [])
+        if target in deps:
+            return True
+        stack.extend(deps)
+    return False
+
+
 def load_order(modules: dict[str, ModuleType]) -> list[str]:
     """Return the import names sorted so that each plugin follows what it needs.
 
@@ -94,7 +110,11 @@ def load_order(modules: dict[str, ModuleType]) -> list[str]:
                 )
             visit(dep, chain + (name,))
         for rec in info.get("recommendations", []):
-            if rec in modules:
+            # A recommendation only orders plugins when it can: one that
+            # depends back on this plugin is loaded after it, not a cycle.
+            if rec in modules and state.get(rec) != "visiting" and not _depends_on(
+                modules, rec, name
+            ):
                 visit(rec, chain + (name,))
         state[name] = "done"
         order.append(name)

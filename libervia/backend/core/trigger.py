@@ -71,13 +71,12 @@ class TriggerManager:
             outcome = await maybe_await(callback(*args, **kwargs))
             if outcome is None or outcome is True:
                 continue
-            try:
-                go_on, result = outcome
-            except (TypeError, ValueError):
+            if not isinstance(outcome, tuple) or len(outcome) != 2:
                 raise TypeError(
                     f"trigger {callback!r} on {name!r} returned {outcome!r}: expected "
                     "None, True or a (bool, result) tuple"
-                ) from None
+                )
+            go_on, result = outcome
             if not go_on:
                 return False, result
         return True, None

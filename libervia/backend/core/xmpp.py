@@ -38,6 +38,25 @@ DEFAULT_CONNECT_TIMEOUT = 20.0
 DEFAULT_IQ_TIMEOUT = 60.0
 
 
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
+def _parse_bool(name: str, value: Any) -> bool:
+    """Read a boolean option given as a bool or a word; raise ConfigError otherwise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    raise ConfigError(f"invalid {name} {value!r}: use true or false")
+
+
 @dataclass
 class ConnectionOptions:
     """Connection settings of a profile; unset values come from the JID's domain."""
@@ -56,11 +75,14 @@ class ConnectionOptions:
         if values.get("host"):
             options.host = str(values["host"])
         if values.get("port") not in (None, ""):
+            port = values["port"]
             try:
-                options.port = int(values["port"])
+                if isinstance(port, bool) or (isinstance(port, float) and not port.is_integer()):
+                    raise ValueError(port)
+                options.port = int(port)
             except (TypeError, ValueError):
                 raise ConfigError(
-                    f"invalid port {values['port']!r}: use a number between 1 and 65535"
+                    f"invalid port {port!r}: use a number between 1 and 65535"
                 ) from None
             if not 0 < options.port < 65536:
                 raise ConfigError(
@@ -69,18 +91,18 @@ class ConnectionOptions:
         if values.get("ca_file"):
             options.ca_file = str(values["ca_file"])
         if values.get("allow_plaintext") is not None:
-            allow = values["allow_plaintext"]
-            if isinstance(allow, str):
-                allow = allow.strip().lower() in ("1", "true", "yes", "on")
-            options.allow_plaintext = bool(allow)
+            options.allow_plaintext = _parse_bool("allow_plaintext", values["allow_plaintext"])
         for key in ("connect_timeout", "iq_timeout"):
             if values.get(key) not in (None, ""):
                 try:
-                    setattr(options, key, float(values[key]))
+                    seconds = float(values[key])
                 except (TypeError, ValueError):
+                    seconds = -1.0
+                if not seconds > 0:
                     raise ConfigError(
-                        f"invalid {key} {values[key]!r}: use a number of seconds"
-                    ) from None
+                        f"invalid {key} {values[key]!r}: use a positive number of seconds"
+                    )
+                setattr(options, key, seconds)
         return options
 
 

@@ -161,6 +161,15 @@ class PubsubCache:
             raise InvalidValue(f"analyser {name!r} needs a non-empty string 'type'")
         if not analyser.get("node") and not analyser.get("namespace"):
             raise InvalidValue(f"analyser {name!r} needs a 'node', a 'namespace' or both")
+        for key in ("subtype", "node", "namespace"):
+            if analyser.get(key) is not None and not isinstance(analyser[key], str):
+                raise InvalidValue(
+                    f"analyser {name!r}: {key!r} must be a string, not {analyser[key]!r}"
+                )
+        if "to_sync" in analyser and not isinstance(analyser["to_sync"], bool):
+            raise InvalidValue(
+                f"analyser {name!r}: 'to_sync' must be True or False, not {analyser['to_sync']!r}"
+            )
         for key in ("parser", "match_cb"):
             if analyser.get(key) is not None and not callable(analyser[key]):
                 raise InvalidValue(f"analyser {name!r}: {key!r} must be callable")

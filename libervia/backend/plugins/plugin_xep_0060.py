@@ -127,6 +127,8 @@ def parse_jid(value: str | JID | None, what: str = "service") -> JID | None:
         return None
     if isinstance(value, JID):
         return value
+    if not isinstance(value, str):
+        raise InvalidValue(f"invalid {what} JID {value!r}: a JID must be a string")
     try:
         return JID(value)
     except (InvalidFormat, TypeError) as e:
@@ -139,6 +141,9 @@ def item_from_xml(xml: str) -> domish.Element:
         elt = parseXml(xml.encode("utf-8") if isinstance(xml, str) else xml)
     except Exception as e:
         raise InvalidValue(f"invalid item XML {xml[:80]!r}: {e}") from e
+    if elt is None:
+        # wokkel's parseXml returns None for empty or unfinished documents.
+        raise InvalidValue(f"invalid item XML {xml[:80]!r}: empty or incomplete document")
     if elt.name != "item":
         raise InvalidValue(f"expected an <item/> element, got <{elt.name}/>")
     return elt
@@ -157,6 +162,8 @@ def items_from_xml(xmls: list[str]) -> list[domish.Element]:
         root = parseXml(document.encode("utf-8"))
     except Exception as e:
         raise InvalidValue(f"invalid stored item XML: {e}") from e
+    if root is None:
+        raise InvalidValue("invalid stored item XML: incomplete document")
     items = []
     for elt in root.elements():
         elt.parent = None

@@ -1,0 +1,148 @@
+"""Tests of ConnectionOptions.from_mapping: profile params and [xmpp] config values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from libervia.backend.core.exceptions import ConfigError
+from libervia.backend.core.xmpp import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IQ_TIMEOUT,
+    DEFAULT_PORT,
+    ConnectionOptions,
+)
+
+
+class DefaultsTests:
+    """Absent, None and empty values keep the defaults."""
+
+    def test_empty_mapping(self) -> None:
+        assert ConnectionOptions.from_mapping({}) == ConnectionOptions()
+
+    def test_default_values(self) -> None:
+        options = ConnectionOptions()
+
+        assert options.host is None
+        assert options.port == DEFAULT_PORT
+        assert options.ca_file is None
+        assert options.allow_plaintext is False
+        assert options.connect_timeout == DEFAULT_CONNECT_TIMEOUT
+        assert options.iq_timeout == DEFAULT_IQ_TIMEOUT
+
+    @pytest.mark.parametrize("unset", [None, ""])
+    def test_unset_values(self, unset: Any) -> None:
+        # Config.get returns None for an absent option; an INI line "port =" gives "".
+        values = {
+            key: unset
+            for key in ("host", "port", "ca_file", "connect_timeout", "iq_timeout")
+        }
+
+        assert ConnectionOptions.from_mapping(values) == ConnectionOptions()
+
+
+class PortTests:
+    """Ports from numbers or strings, within 1..65535."""
+
+    @pytest.mark.parametrize(
+        "value, expected", [(5223, 5223), ("5269", 5269), ("1", 1), (65535, 65535)]
+    )
+    def test_valid(self, value: Any, expected: int) -> None:
+        assert ConnectionOptions.from_mapping({"port": value}).port == expected
+
+    @pytest.mark.parametrize("value", [0, "0", 65536, "-1", 100000])
+    def test_out_of_range(self, value: Any) -> None:
+        with pytest.raises(ConfigError, match="between 1 and 65535"):
+            ConnectionOptions.from_mapping({"port": value})
+
+    @pytest.mark.parametrize("value", ["abc", "52 22", "5222.0", [5222], {}])
+    def test_not_a_number(self, value: Any) -> None:
+        with pytest.raises(ConfigError) as info:
+            ConnectionOptions.from_mapping({"port": value})
+
+        assert f"invalid port {value!r}" in str(info.value)
+
+    def test_fractional_port_raises(self) -> None:
+        with pytest.raises(ConfigError):
+            ConnectionOptions.from_mapping({"port": 5222.5})
+
+
+class BooleanTests:
+    """allow_plaintext from booleans and from INI strings."""
+
+    @pytest.mark.parametrize("value", [True, 1, "1", "true", "True", "yes", "on", " ON "])
+    def test_true(self, value: Any) -> None:
+        assert ConnectionOptions.from_mapping({"allow_plaintext": value}).allow_plaintext is True
+
+    @pytest.mark.parametrize("value", [False, 0, "0", "false", "no", "off", ""])
+    def test_false(self, value: Any) -> None:
+        assert ConnectionOptions.from_mapping({"allow_plaintext": value}).allow_plaintext is False
+
+    def test_none_keeps_default(self) -> None:
+        assert ConnectionOptions.from_mapping({"allow_plaintext": None}).allow_plaintext is False
+
+    def test_invalid_string_raises(self) -> None:
+        with pytest.raises(ConfigError):
+            ConnectionOptions.from_mapping({"allow_plaintext": "maybe"})
+
+
+class TimeoutTests:
+    """connect_timeout and iq_timeout in seconds."""
+
+    @pytest.mark.parametrize("key", ["connect_timeout", "iq_timeout"])
+    @pytest.mark.parametrize("value, expected", [("2.5", 2.5), (3, 3.0), ("10", 10.0)])
+    def test_valid(self, key: str, value: Any, expected: float) -> None:
+        options = ConnectionOptions.from_mapping({key: value})
+
+        assert getattr(options, key) == expected
+
+    @pytest.mark.parametrize("key", ["connect_timeout", "iq_timeout"])
+    @pytest.mark.parametrize("value", ["soon", "1s", [1]])
+    def test_invalid(self, key: str, value: Any) -> None:
+        with pytest.raises(ConfigError) as info:
+            ConnectionOptions.from_mapping({key: value})
+
+        message = str(info.value)
+        assert f"invalid {key} {value!r}" in message
+        assert "number of seconds" in message
+
+    def test_negative_raises(self) -> None:
+        with pytest.raises(ConfigError):
+            ConnectionOptions.from_mapping({"connect_timeout": "-1"})
+
+
+class TextOptionsTests:
+    """host and ca_file are kept as strings."""
+
+    def test_host(self) -> None:
+        assert ConnectionOptions.from_mapping({"host": "127.0.0.1"}).host == "127.0.0.1"
+
+    def test_ca_file(self) -> None:
+        options = ConnectionOptions.from_mapping({"ca_file": "/tmp/ca.pem"})
+
+        assert options.ca_file == "/tmp/ca.pem"
+
+    def test_unrelated_keys_ignored(self) -> None:
+        assert ConnectionOptions.from_mapping({"password": "x"}) == ConnectionOptions()
+
+    def test_all_together(self) -> None:
+        options = ConnectionOptions.from_mapping(
+            {
+                "host": "localhost",
+                "port": "5322",
+                "ca_file": "ca.pem",
+                "allow_plaintext": "false",
+                "connect_timeout": "4",
+                "iq_timeout": "8",
+            }
+        )
+
+        assert options == ConnectionOptions(
+            host="localhost",
+            port=5322,
+            ca_file="ca.pem",
+            allow_plaintext=False,
+            connect_timeout=4.0,
+            iq_timeout=8.0,
+        )

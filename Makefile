@@ -4,7 +4,6 @@
 #   make test    run the test suite (starts its own Prosody servers)
 #   make demo    run the demo against a Prosody server started for it
 #   make docs    build the HTML documentation into doc/_build/html
-#   make bench   run the benchmarks (not part of make test)
 #   make clean   remove $(VENV) and doc/_build
 #
 # VENV=/path/to/venv uses (or creates) another virtual environment.
@@ -14,7 +13,7 @@ PYTHON ?= python3
 
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo docs bench clean prosody
+.PHONY: test demo docs clean prosody
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -34,9 +33,6 @@ demo: $(STAMP) prosody
 
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html doc doc/_build/html
-
-bench: $(STAMP) prosody
-	$(VENV)/bin/python bench/run.py
 
 clean:
 	rm -rf $(VENV) doc/_build

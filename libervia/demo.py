@@ -23,16 +23,17 @@ from libervia.testing.samples import blog_items
 
 NODE = "urn:xmpp:microblog:0"
 ROUNDS = 50
+MAX_ITEMS = 10
 
 
 def _timed_gets(client, service: str, use_cache: bool) -> tuple[list[float], dict]:
-    """Return the durations in ms of ROUNDS bridge gets of 20 items, and the last result."""
+    """Return the durations in ms of ROUNDS bridge gets of MAX_ITEMS items, and the last result."""
     durations = []
     result = {}
     for _ in range(ROUNDS):
         start = time.perf_counter()
         result = client.call(
-            "ps_items_get", service=service, node=NODE, max_items=20,
+            "ps_items_get", service=service, node=NODE, max_items=MAX_ITEMS,
             extra={"use_cache": use_cache}, profile="reader",
         )
         durations.append((time.perf_counter() - start) * 1000)
@@ -94,8 +95,9 @@ def run(workdir: Path) -> int:
 
             same = cached_result["items"] == live_result["items"]
             print()
-            print(f"live get of 20 items through the bridge:   {_summary(live)}")
-            print(f"cached get of 20 items through the bridge: {_summary(cached)}")
+            count = len(cached_result["items"])
+            print(f"live get of {count} items through the bridge:   {_summary(live)}")
+            print(f"cached get of {count} items through the bridge: {_summary(cached)}")
             print(
                 f"cached answers equal live answers: {same}; IQs sent during the cached "
                 f"gets: {stats_after['iq_sent'] - stats_before['iq_sent']}"

@@ -108,7 +108,8 @@ class BridgeClient:
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             raise BridgeUnavailable(
-                f"the daemon is not running (no bridge on {self.socket_path})"
+                f"the daemon is not running (no bridge on {self.socket_path}): start it "
+                "with libervia-backend start"
             ) from None
         except OSError as exc:
             sock.close()

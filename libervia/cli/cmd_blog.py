@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from libervia.cli.cmd_pubsub import add_service_node_options
+from libervia.cli.cmd_pubsub import add_service_node_options, format_metadata
+
+# The XEP-0277 node; the CLI does not import the backend plugin to stay fast.
+NS_MICROBLOG = "urn:xmpp:microblog:0"
 from libervia.cli.common import CliError, Context, positive_int, read_stdin
 from libervia.cli.output import format_date
 
@@ -22,7 +25,7 @@ def add_commands(
     )
 
     get = commands.add_parser("get", help="get blog posts", parents=[common])
-    add_service_node_options(get, node_required=False)
+    add_service_node_options(get, node_required=False, default_node=NS_MICROBLOG)
     get.add_argument(
         "-M", "--max", type=positive_int, help="maximum number of posts to get"
     )
@@ -38,7 +41,7 @@ def add_commands(
         parents=[common],
         description="Publish a blog post; its content comes from -c or from stdin.",
     )
-    add_service_node_options(publish, node_required=False)
+    add_service_node_options(publish, node_required=False, default_node=NS_MICROBLOG)
     publish.add_argument("-t", "--title", help="title of the post")
     publish.add_argument(
         "-T", "--tag", dest="tags", action="append", metavar="TAG",
@@ -84,6 +87,9 @@ def run_get(ctx: Context, args: argparse.Namespace) -> int:
     posts = result.get("items", [])
     if not posts:
         ctx.output.line("no blog post")
+    else:
+        ctx.output.line(format_metadata(result.get("metadata", {}), len(posts)), style="dim")
+        ctx.output.line()
     for index, post in enumerate(posts):
         if index:
             ctx.output.line()

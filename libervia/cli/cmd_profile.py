@@ -47,7 +47,7 @@ def add_commands(
     create.add_argument("name", help="name of the new profile")
     create.add_argument("-j", "--jid", required=True, help="bare JID of the account")
     create.add_argument("--host", help="XMPP server host name or address (default: the JID's domain)")
-    create.add_argument("--port", type=positive_int, help="XMPP server port")
+    create.add_argument("--port", type=positive_int, help="XMPP server port (default: 5222)")
     create.add_argument(
         "--ca-file", type=Path, help="PEM file of the CA certificates to trust"
     )

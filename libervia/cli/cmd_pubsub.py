@@ -19,16 +19,19 @@ from libervia.cli.output import format_date
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 
 
-def add_service_node_options(parser: argparse.ArgumentParser, node_required: bool) -> None:
-    """Add -s/--service and -n/--node."""
+def add_service_node_options(
+    parser: argparse.ArgumentParser, node_required: bool, default_node: str | None = None,
+) -> None:
+    """Add -s/--service and -n/--node; ``default_node`` is named in the help."""
     parser.add_argument(
         "-s",
         "--service",
         help="JID of the pubsub service (default: the profile's own PEP service)",
     )
-    parser.add_argument(
-        "-n", "--node", required=node_required, help="name of the pubsub node"
-    )
+    node_help = "name of the pubsub node"
+    if default_node:
+        node_help += f" (default: {default_node})"
+    parser.add_argument("-n", "--node", required=node_required, help=node_help)
 
 
 def add_commands(
@@ -98,7 +101,7 @@ def add_commands(
     node_create.set_defaults(handler=run_node_create)
 
     cache_parser = commands.add_parser(
-        "cache", help="inspect the local pubsub cache", parents=[common]
+        "cache", help="inspect or reset the local pubsub cache", parents=[common]
     )
     cache_commands = cache_parser.add_subparsers(
         title="cache commands", dest="cache_command", required=True
@@ -108,6 +111,13 @@ def add_commands(
     )
     add_service_node_options(cache_get, node_required=True)
     cache_get.set_defaults(handler=run_cache_get)
+    cache_reset = cache_commands.add_parser(
+        "reset",
+        help="remove a node and its items from the cache; the next get syncs it again",
+        parents=[common],
+    )
+    add_service_node_options(cache_reset, node_required=True)
+    cache_reset.set_defaults(handler=run_cache_reset)
 
 
 def build_item(payload: str, item_id: str | None) -> str:
@@ -268,4 +278,18 @@ def run_cache_get(ctx: Context, args: argparse.Namespace) -> int:
             (item["id"], format_date(item.get("created")), format_date(item.get("updated")), title)
         )
     ctx.output.table(("item id", "created", "updated", "title"), rows)
+    return 0
+
+
+def run_cache_reset(ctx: Context, args: argparse.Namespace) -> int:
+    """Remove a node from the cache."""
+    result = ctx.call(
+        "ps_cache_reset", service=args.service, node=args.node, profile=ctx.profile
+    )
+    if ctx.output.is_json:
+        ctx.output.json(result)
+    else:
+        ctx.output.line(
+            f"node {result['node']} of {result['service']} removed from the cache"
+        )
     return 0

@@ -662,10 +662,12 @@ class BlogTests:
             "extra": {"use_cache": False}, "profile": None,
         }
         lines = result.out.splitlines()
-        assert lines[0] == "First post"
-        assert "by Alice" in lines[1]
-        assert "tags: xmpp, python" in lines[1]
-        assert lines[2] == "Hello world"
+        assert lines[0].startswith("-- ")
+        assert lines[1] == ""
+        assert lines[2] == "First post"
+        assert "by Alice" in lines[3]
+        assert "tags: xmpp, python" in lines[3]
+        assert lines[4] == "Hello world"
 
     @pytest_twisted.ensureDeferred
     async def test_get_json(self, backend, capsys, monkeypatch) -> None:

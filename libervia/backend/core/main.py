@@ -44,6 +44,9 @@ class Backend:
         self.plugins: dict[str, Any] = {}
         self.clients: dict[str, XMPPClient] = {}
         self.default_profile: str | None = None
+        # Names of the stored profiles, so that get_client tells an unknown
+        # profile from one that is not connected without a database query.
+        self.profile_names: set[str] = set()
         self._connecting: dict[str, list[defer.Deferred]] = {}
         self.stopped: Any = None
         self._register_core_methods()
@@ -53,6 +56,7 @@ class Backend:
         await self.storage.initialise()
         default = await self.storage.get_default_profile()
         self.default_profile = default.name if default else None
+        self.profile_names = {p.name for p in await self.storage.list_profiles()}
         plugin_manager.load_plugins(self)
         socket_path = paths.runtime_dir(create=True) / paths.bridge_socket().name
         await self.bridge.start(socket_path)
@@ -85,6 +89,8 @@ class Backend:
         """Return the connected client of a profile; raise ProfileNotConnected otherwise."""
         name = self.resolve_profile(profile)
         client = self.clients.get(name)
+        if name not in self.profile_names:
+            raise ProfileNotFound(f"profile {name!r} not found: see li profile list")
         if client is None or not client.connected:
             raise ProfileNotConnected(
                 f"profile {name} is not connected: run li profile connect {name}"
@@ -238,6 +244,7 @@ class Backend:
         if await self.storage.get_profile(name) is not None:
             raise ProfileExists(f"profile {name!r} already exists")
         profile = await self.storage.create_profile(name, jid_obj.full(), password, options)
+        self.profile_names.add(name)
         if default or self.default_profile is None:
             await self.storage.set_default_profile(name)
             self.default_profile = name
@@ -261,6 +268,7 @@ class Backend:
             raise ProfileNotFound(f"profile {name!r} not found: see li profile list")
         await self.disconnect_profile(name)
         await self.storage.delete_profile(name)
+        self.profile_names.discard(name)
         if self.default_profile == name:
             default = await self.storage.get_default_profile()
             self.default_profile = default.name if default else None

@@ -249,6 +249,8 @@ class XMPPClient:
 
     def _fail_connecting(self, exc: Exception) -> None:
         """Stop the attempt and errback the pending connect() with ``exc``."""
+        if self._connecting is not None:
+            log.warning("profile %s: connection failed: %s", self.profile, exc)
         if self.factory is not None:
             self.factory.stopTrying()
         deferred, self._connecting = self._connecting, None
@@ -310,7 +312,6 @@ class XMPPClient:
             exc = ConnectionError_(
                 f"stream initialisation with {self.server_host} failed: {reason.value}"
             )
-        log.warning("profile %s: %s", self.profile, exc)
         self._failure_reason = exc
         self._fail_connecting(exc)
 

@@ -114,6 +114,7 @@ class PubsubCache:
         self._p.add_node_callback("", EVENT_PURGE, self._on_purge_event, TRIGGER_PRIORITY)
         self._p.add_node_callback("", EVENT_DELETE, self._on_delete_event, TRIGGER_PRIORITY)
         host.bridge.register_method("ps_cache_get", self._bridge_cache_get)
+        host.bridge.register_method("ps_cache_reset", self._bridge_cache_reset)
 
     # analysers
 
@@ -401,7 +402,7 @@ class PubsubCache:
         finally:
             self._lock(key).release()
         log.info(
-            "profile %s: node %s of %s synchronised, %d items",
+            "profile %s: node %s of %s synchronised, items stored: %d",
             client.profile, node, service.full(), len(items),
         )
         self.host.bridge.send_signal(
@@ -529,12 +530,14 @@ class PubsubCache:
 
     # bridge
 
-    async def _bridge_cache_get(
-        self, service: str | None = None, node: str = "", profile: str | None = None,
-    ) -> dict[str, Any]:
-        """Return a cached node's state and every cached item with its parsed data."""
+    async def _find_cached_node(
+        self, service: str | None, node: str, profile: str | None,
+    ) -> tuple[Any, Any]:
+        """Return the profile row and the cached node row; raise NotFound when not cached."""
         name = self.host.resolve_profile(profile)
         profile_row = await self.host.storage.get_profile(name)
+        if profile_row is None:
+            raise NotFound(f"profile {name!r} not found: see li profile list")
         service_jid = parse_jid(service)
         if service_jid is None:
             service_jid = JID(profile_row.jid).userhostJID()
@@ -546,6 +549,13 @@ class PubsubCache:
                 f"node {node!r} of {service_jid.full()} is not in the cache of profile "
                 f"{name}; get its items once (li pubsub get) to have it analysed"
             )
+        return profile_row, node_row
+
+    async def _bridge_cache_get(
+        self, service: str | None = None, node: str = "", profile: str | None = None,
+    ) -> dict[str, Any]:
+        """Return a cached node's state and every cached item with its parsed data."""
+        _, node_row = await self._find_cached_node(service, node, profile)
         rows = await self.host.storage.get_pubsub_items(node_row.id)
         return {
             "node": {
@@ -568,3 +578,24 @@ class PubsubCache:
                 for row in rows
             ],
         }
+
+    async def _bridge_cache_reset(
+        self, service: str | None = None, node: str = "", profile: str | None = None,
+    ) -> dict[str, Any]:
+        """Remove a node and its items from the cache; the next get analyses it again."""
+        profile_row, node_row = await self._find_cached_node(service, node, profile)
+        key = (profile_row.name, node_row.service, node_row.name)
+        # Wait for a running sync or event of this node, so nothing writes it back.
+        await self._lock(key).acquire()
+        try:
+            self._completed.pop((profile_row.id, node_row.service, node_row.name), None)
+            await self.host.storage.delete_pubsub_node(
+                profile_row.id, node_row.service, node_row.name
+            )
+        finally:
+            self._lock(key).release()
+        log.info(
+            "profile %s: node %s of %s removed from the cache",
+            profile_row.name, node_row.name, node_row.service,
+        )
+        return {"service": node_row.service, "node": node_row.name}

@@ -228,8 +228,11 @@ class XEP_0060:
             detail += f" {feature})" if feature else ")"
         if error.text:
             detail += f": {error.text}"
+        if action == "getting items" and error.condition in ("item-not-found", "forbidden"):
+            detail += " (the node may not exist, or its access model does not allow this profile)"
         exc = PubsubError(f"{action} on {service} node {node!r} failed: {detail}")
         exc.condition = error.condition
+        exc.app_condition = app.name if app is not None else None
         return exc
 
     async def get_items(

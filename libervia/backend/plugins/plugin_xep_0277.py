@@ -62,7 +62,7 @@ from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 from wokkel.generic import parseXml
 
-from libervia.backend.core.exceptions import InvalidValue
+from libervia.backend.core.exceptions import InvalidValue, PubsubError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,9 @@ NS_XHTML = "http://www.w3.org/1999/xhtml"
 NS_XML = "http://www.w3.org/XML/1998/namespace"
 
 # Posts are public unless the caller passes other options: anyone may read them.
-DEFAULT_PUBLISH_OPTIONS = {"pubsub#access_model": "open"}
+# "max" asks for the service's largest item limit: Prosody 0.12 keeps only
+# one item in a PEP node created without pubsub#max_items.
+DEFAULT_PUBLISH_OPTIONS = {"pubsub#access_model": "open", "pubsub#max_items": "max"}
 
 
 # --- HTML/XHTML sanitiser ---------------------------------------------------
@@ -865,9 +867,21 @@ class XEP_0277:
             raise InvalidValue(f"invalid microblog data {data!r}: expected a mapping")
         options = data.get("options", DEFAULT_PUBLISH_OPTIONS)
         item_elt = data_to_item(data)
-        item_ids = await self._pubsub.publish(
-            client, service, node, [item_elt], options=options
-        )
+        try:
+            item_ids = await self._pubsub.publish(
+                client, service, node, [item_elt], options=options
+            )
+        except PubsubError as e:
+            if not options or getattr(e, "app_condition", None) != "precondition-not-met":
+                raise
+            # The node exists with another configuration: publish as it is
+            # configured rather than fail, as XEP-0060 leaves that to the client.
+            log.info(
+                "profile %s: node %s of %s does not match publish options %s, "
+                "publishing without them",
+                client.profile, node, service.full(), options,
+            )
+            item_ids = await self._pubsub.publish(client, service, node, [item_elt])
         return item_ids[0] if item_ids else item_elt["id"]
 
     async def _mb_get(

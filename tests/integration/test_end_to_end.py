@@ -1,7 +1,8 @@
-"""End to end: the daemon caches a real microblog from Prosody and serves it from SQLite.
+"""End to end: the daemon caches a real microblog from Prosody and serves it from storage.
 
 Everything goes through the user's tools: ``li`` commands and
-``libervia-backend``, a real Prosody on 127.0.0.1 and the default SQLite file.
+``libervia-backend``, a real Prosody on 127.0.0.1, and the database: the
+default SQLite file, then a PostgreSQL database selected with LIBERVIA_DB_URL.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def _item_ids(result: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def accounts(prosody):
+def accounts(prosody, module_db_url):
+    # New accounts for each database engine, so each run starts from an empty blog.
     suffix = uuid.uuid4().hex[:6]
     names = {"pub": f"pub{suffix}", "reader": f"reader{suffix}"}
     passwords = {key: f"pw-{key}-{suffix}" for key in names}
@@ -39,8 +41,11 @@ def accounts(prosody):
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory, prosody, accounts):
-    runner = BackendRunner(tmp_path_factory.mktemp("e2e"))
+def backend(tmp_path_factory, prosody, accounts, module_db_url):
+    extra_env = {}
+    if not module_db_url.startswith("sqlite"):
+        extra_env["LIBERVIA_DB_URL"] = module_db_url
+    runner = BackendRunner(tmp_path_factory.mktemp("e2e"), extra_env=extra_env)
     try:
         for profile, account in accounts.items():
             runner.li(

@@ -2,7 +2,8 @@
 
 The plugin runs on a minimal host made of real parts: TriggerManager, Config
 read from a file, a BridgeServer that is never started, the XEP-0060 plugin
-and, for serving, a Storage on an SQLite file.
+and, for serving, a Storage on a new database: the tests that use it run
+twice, on an SQLite file and on a PostgreSQL database (``db_url`` fixture).
 """
 
 from __future__ import annotations
@@ -359,9 +360,9 @@ class StrategyTests:
 
 
 @pytest_twisted.async_yield_fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    """Yield an initialised Storage on a new SQLite file, closed after the test."""
-    storage = Storage(f"sqlite+aiosqlite:///{tmp_path / 'libervia.db'}")
+async def storage(db_url: str) -> AsyncIterator[Storage]:
+    """Yield an initialised Storage on a new database of each engine, closed after the test."""
+    storage = Storage(db_url)
     await storage.initialise()
     yield storage
     await storage.close()

@@ -1,13 +1,24 @@
-"""Tests of Storage: profiles, cached pubsub nodes and items, on real SQLite files."""
+"""Tests of Storage: profiles, cached pubsub nodes and items.
+
+Every test runs twice through the ``db_url`` fixture: on a new SQLite file and
+on a new database of the local PostgreSQL server.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
+import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
 
+import asyncpg
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 
 from libervia.backend.core.exceptions import (
     InvalidValue,
@@ -16,8 +27,9 @@ from libervia.backend.core.exceptions import (
     ProfileNotFound,
     StorageError,
 )
-from libervia.backend.memory.sqla import Storage
+from libervia.backend.memory.sqla import NODE_LOCK_SPACE, Storage
 from libervia.backend.memory.sqla_mapping import Profile, PubsubNode, SyncState
+from libervia.backend.tools.aio import as_deferred
 
 SERVICE = "pubsub.example.org"
 NODE = "urn:xmpp:microblog:0"
@@ -33,10 +45,36 @@ def item_ids_of(items: list) -> list[str]:
     return [item.name for item in items]
 
 
+def is_increasing(values: list[Any]) -> bool:
+    """Return True when every value is greater than the one before it."""
+    return all(earlier < later for earlier, later in zip(values, values[1:]))
+
+
+@contextmanager
+def recorded_statements(storage: Storage) -> Iterator[list[tuple[str, int]]]:
+    """Record the statements sent to the driver, with their number of parameter sets.
+
+    An ``executemany`` call counts as one statement, with one parameter set per row.
+    """
+    statements: list[tuple[str, int]] = []
+
+    def record(
+        connection: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        statements.append((statement, len(parameters) if executemany else 1))
+
+    sync_engine = storage.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", record)
+
+
 @pytest_twisted.async_yield_fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    """Yield an initialised Storage on a new SQLite file."""
-    storage = Storage(f"sqlite+aiosqlite:///{tmp_path / 'libervia.db'}")
+async def storage(db_url: str) -> AsyncIterator[Storage]:
+    """Yield an initialised Storage on a new database (SQLite file or PostgreSQL)."""
+    storage = Storage(db_url)
     await storage.initialise()
     yield storage
     await storage.close()
@@ -496,15 +534,81 @@ class PubsubItemTests:
         assert await storage.count_pubsub_items(node.id) == 0
 
 
-class ConcurrencyTests:
-    """Two Storage instances writing to the same file at the same time."""
+class UpsertTests:
+    """Statements and times of cache_pubsub_items()."""
 
     @pytest_twisted.ensureDeferred
-    async def test_concurrent_writers(self, tmp_path: Path) -> None:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'libervia.db'}"
-        first = Storage(url)
+    async def test_batch_is_one_insert(self, storage: Storage, node: PubsubNode) -> None:
+        batch = [(str(index), item_xml(str(index)), {"n": index}, None) for index in range(500)]
+
+        with recorded_statements(storage) as statements:
+            await storage.cache_pubsub_items(node.id, batch)
+        inserts = [
+            rows for statement, rows in statements
+            if re.match(r"\s*INSERT INTO pubsub_items\b", statement)
+        ]
+
+        assert inserts == [500]
+        assert await storage.count_pubsub_items(node.id) == 500
+
+    @pytest_twisted.ensureDeferred
+    async def test_microsecond_steps(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id, [(str(index), item_xml(str(index)), None, None) for index in range(50)]
+        )
+        created = [item.created for item in await storage.get_pubsub_items(node.id)]
+        steps = {later - earlier for earlier, later in zip(created, created[1:])}
+
+        # The clock does not move during the batch as the storage sees it: each
+        # item is one microsecond after the one before, and the database keeps it.
+        assert steps == {timedelta(microseconds=1)}
+
+    @pytest_twisted.ensureDeferred
+    async def test_mixed_batch_times(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id, [(item_id, item_xml(item_id), None, None) for item_id in "abcd"]
+        )
+        before = {item.name: item for item in await storage.get_pubsub_items(node.id)}
+
+        # Existing items c and a around new items e and f, in that order.
+        await storage.cache_pubsub_items(
+            node.id,
+            [(item_id, item_xml(item_id, "v2"), None, None) for item_id in ["c", "e", "a", "f"]],
+        )
+        by_updated = await storage.get_pubsub_items(node.id, order_by="updated")
+        by_created = await storage.get_pubsub_items(node.id)
+        after = {item.name: item for item in by_created}
+
+        assert item_ids_of(by_updated) == ["b", "d", "c", "e", "a", "f"]
+        assert is_increasing([item.updated for item in by_updated])
+        assert item_ids_of(by_created) == ["a", "b", "c", "d", "e", "f"]
+        assert is_increasing([item.created for item in by_created])
+        assert after["a"].created == before["a"].created
+        assert after["c"].created == before["c"].created
+        assert after["e"].created > before["d"].updated
+
+    @pytest_twisted.ensureDeferred
+    async def test_json_round_trip(self, storage: Storage, node: PubsubNode) -> None:
+        parsed = {
+            "title": "caf\u00e9 \u2615",
+            "tags": ["a", "b"],
+            "nested": {"dotted.key": 1.5, "none": None, "flag": True},
+        }
+
+        await storage.cache_pubsub_items(node.id, [("1", item_xml("1"), parsed, None)])
+        items = await storage.get_pubsub_items(node.id)
+
+        assert items[0].parsed == parsed
+
+
+class ConcurrencyTests:
+    """Two Storage instances writing to the same database at the same time."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_writers(self, db_url: str) -> None:
+        first = Storage(db_url)
         await first.initialise()
-        second = Storage(url)
+        second = Storage(db_url)
         await second.initialise()
         try:
             profile = await first.create_profile("alice", "alice@example.org", "secret")
@@ -524,13 +628,82 @@ class ConcurrencyTests:
 
         assert count == 400
 
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_batches_ordered(self, db_url: str) -> None:
+        # Each Storage has its own connection pool, so the batches really run
+        # in concurrent transactions (on PostgreSQL, without the node lock,
+        # their times would interleave).
+        writers = [Storage(db_url) for _ in range(4)]
+        for writer in writers:
+            await writer.initialise()
+        try:
+            profile = await writers[0].create_profile("alice", "alice@example.org", "secret")
+            node = await writers[0].set_pubsub_node(profile.id, SERVICE, NODE)
+            writes = [
+                writers[batch % len(writers)].cache_pubsub_items(
+                    node.id,
+                    [(f"{batch}-{rank}", item_xml(str(rank)), None, None) for rank in range(50)],
+                )
+                for batch in range(40)
+            ]
+            await defer.gatherResults(writes)
+            items = await writers[0].get_pubsub_items(node.id)
+        finally:
+            for writer in writers:
+                await writer.close()
+
+        batches = [item.name.split("-")[0] for item in items]
+        # A batch's items are contiguous: the batch changes 39 times in 2,000 items.
+        changes = sum(1 for earlier, later in zip(batches, batches[1:]) if earlier != later)
+        ranks = [int(item.name.split("-")[1]) for item in items]
+
+        assert len(items) == 2000
+        assert is_increasing([item.created for item in items])
+        assert changes == 39
+        assert ranks == list(range(50)) * 40
+
+
+class NodeLockTests:
+    """The node lock of cache_pubsub_items() on PostgreSQL (SQLite has its write lock instead)."""
+
+    @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+    @pytest_twisted.ensureDeferred
+    async def test_batch_waits_for_lock(self, db_url: str, storage: Storage) -> None:
+        profile = await storage.create_profile("alice", "alice@example.org", "secret")
+        node = await storage.set_pubsub_node(profile.id, SERVICE, NODE)
+        dsn = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+        async def lock_node() -> asyncpg.Connection:
+            connection = await asyncpg.connect(dsn)
+            await connection.execute("BEGIN")
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock($1, $2)", NODE_LOCK_SPACE, node.id
+            )
+            return connection
+
+        async def release(connection: asyncpg.Connection) -> None:
+            await connection.execute("COMMIT")
+            await connection.close()
+
+        locker = await as_deferred(lock_node())
+        try:
+            write = storage.cache_pubsub_items(node.id, [("1", item_xml("1"), None, None)])
+            await deferLater(reactor, 0.5)
+            waited = not write.called
+        finally:
+            await as_deferred(release(locker))
+        await write
+
+        assert waited
+        assert await storage.count_pubsub_items(node.id) == 1
+
 
 class StorageStateTests:
     """Use of a Storage before initialise() or after close()."""
 
     @pytest_twisted.ensureDeferred
-    async def test_not_initialised(self, tmp_path: Path) -> None:
-        storage = Storage(f"sqlite+aiosqlite:///{tmp_path / 'libervia.db'}")
+    async def test_not_initialised(self, db_url: str) -> None:
+        storage = Storage(db_url)
 
         with pytest.raises(StorageError):
             await storage.list_profiles()

@@ -35,7 +35,21 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Select, Table, delete, event, func, inspect, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    Table,
+    column,
+    delete,
+    event,
+    func,
+    inspect,
+    literal_column,
+    select,
+    table,
+    update,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -58,6 +72,7 @@ from libervia.backend.core.exceptions import (
     ProfileNotFound,
     StorageError,
 )
+from libervia.backend.memory import fulltext
 from libervia.backend.memory.sqla_mapping import (
     Profile,
     PubsubItem,
@@ -94,6 +109,11 @@ ITEMS_ORDER_FIELDS = frozenset({"created", "updated"})
 # Time added between consecutive items of one batch, so that their order
 # survives even when the clock does not move between two of them.
 ITEM_TIME_STEP = timedelta(microseconds=1)
+
+# First key of the PostgreSQL advisory locks taken on nodes (the second one is
+# the node id), so that they differ from locks of other programs sharing the
+# database. The value is arbitrary ("LI" in ASCII).
+NODE_LOCK_SPACE = 0x4C49
 
 # Tuple given to cache_pubsub_items(): item id, <item/> XML, parsed data, publisher.
 ItemTuple = tuple[str, str, dict[str, Any] | None, str | None]
@@ -328,7 +348,9 @@ class Storage:
                 existing_file = _prepare_sqlite_file(path)
             except OSError as exc:
                 raise StorageError(
-                    f"cannot create or read database file {path}: {exc.strerror}"
+                    f"cannot create or read database file {path}: {exc.strerror}. Make "
+                    f"it a readable and writable file of this user, or set another "
+                    f"database URL ({C.ENV_DB_URL})"
                 ) from exc
 
         state = await self._inspect_schema()
@@ -357,10 +379,25 @@ class Storage:
             async with engine.connect() as connection:
                 return await connection.run_sync(_read_schema_state)
         except DBAPIError as exc:
+            if self.sqlite_path is not None:
+                hint = (
+                    f"If it is not a Libervia database, move it away or set another "
+                    f"database URL ({C.ENV_DB_URL})"
+                )
+            else:
+                hint = (
+                    f"Check that the server is running, that the database and role "
+                    f"exist, and the database URL ({C.ENV_DB_URL} or [storage] db_url)"
+                )
             raise StorageError(
-                f"cannot read database {self.display_name}: {exc.orig}. If it is not "
-                f"a Libervia database, move it away or set another database URL "
-                f"({C.ENV_DB_URL})"
+                f"cannot read database {self.display_name}: {exc.orig}. {hint}"
+            ) from exc
+        except (OSError, asyncio.TimeoutError) as exc:
+            # asyncpg raises these, unwrapped, when the server is unreachable.
+            raise StorageError(
+                f"cannot connect to database {self.display_name}: {exc}. Check that "
+                f"the server is running and the database URL ({C.ENV_DB_URL} or "
+                f"[storage] db_url)"
             ) from exc
         finally:
             await engine.dispose()
@@ -610,16 +647,21 @@ class Storage:
 
     # Pubsub nodes.
 
+    @staticmethod
+    def _node_key(profile_id: int, service: str, name: str) -> tuple[ColumnElement[bool], ...]:
+        """Return the conditions selecting one node, served by its unique index."""
+        return (
+            PubsubNode.profile_id == profile_id,
+            PubsubNode.service == service,
+            PubsubNode.name == name,
+        )
+
     @aio
     async def get_pubsub_node(self, profile_id: int, service: str, name: str) -> PubsubNode | None:
         """Return the cached node ``name`` of ``service`` for a profile, or None."""
         async with self._session() as session:
             return await session.scalar(
-                select(PubsubNode).where(
-                    PubsubNode.profile_id == profile_id,
-                    PubsubNode.service == service,
-                    PubsubNode.name == name,
-                )
+                select(PubsubNode).where(*self._node_key(profile_id, service, name))
             )
 
     @aio
@@ -669,11 +711,7 @@ class Storage:
         async with self._session(write=True, integrity_error=missing) as session:
             await session.execute(statement)
             node = await session.scalar(
-                select(PubsubNode).where(
-                    PubsubNode.profile_id == profile_id,
-                    PubsubNode.service == service,
-                    PubsubNode.name == name,
-                )
+                select(PubsubNode).where(*self._node_key(profile_id, service, name))
             )
         assert node is not None, "the node was written in the same transaction"
         return node
@@ -698,11 +736,7 @@ class Storage:
         """Delete a cached node and its items; return False when it was not cached."""
         async with self._session(write=True) as session:
             result = await session.execute(
-                delete(PubsubNode).where(
-                    PubsubNode.profile_id == profile_id,
-                    PubsubNode.service == service,
-                    PubsubNode.name == name,
-                )
+                delete(PubsubNode).where(*self._node_key(profile_id, service, name))
             )
             return result.rowcount > 0
 
@@ -751,18 +785,28 @@ class Storage:
                 "parsed": statement.excluded.parsed,
                 "publisher": statement.excluded.publisher,
                 "updated": statement.excluded.updated,
+                "text": statement.excluded.text,
+                "search_text": statement.excluded.search_text,
             },
         )
+
+        # Text for the full-text index, extracted before the write lock is
+        # taken. Only the PostgreSQL index reads search_text (see fulltext).
+        with_search_text = self.engine.dialect.name == "postgresql"
+        texts: list[tuple[str, str | None]] = []
+        for _, xml, _, _ in unique_items.values():
+            text = fulltext.item_text(xml)
+            texts.append((text, fulltext.search_text(text) if with_search_text else None))
 
         async with self._session(write=True) as session:
             if await session.scalar(select(PubsubNode.id).where(PubsubNode.id == node_id)) is None:
                 raise NotFound(f"pubsub node {node_id} not found in the cache")
 
-            # The write lock is held from BEGIN IMMEDIATE on SQLite, so no
-            # other writer can insert a later time between this read and the
-            # insert below.
-            # NOTE: PostgreSQL takes no such lock here, so two concurrent
-            # batches on one node may interleave their times there.
+            # No other writer may insert a later time between this read and the
+            # insert below: SQLite holds its write lock from BEGIN IMMEDIATE,
+            # PostgreSQL takes a lock of the node until the commit.
+            if self.engine.dialect.name == "postgresql":
+                await session.execute(select(func.pg_advisory_xact_lock(NODE_LOCK_SPACE, node_id)))
             latest_created, latest_updated = (
                 await session.execute(
                     select(func.max(PubsubItem.created), func.max(PubsubItem.updated)).where(
@@ -778,6 +822,7 @@ class Storage:
             rows = []
             for index, (item_id, xml, parsed, publisher) in enumerate(unique_items.values()):
                 timestamp = start + index * ITEM_TIME_STEP
+                text, search_text = texts[index]
                 rows.append(
                     {
                         "node_id": node_id,
@@ -787,6 +832,8 @@ class Storage:
                         "publisher": publisher,
                         "created": timestamp,
                         "updated": timestamp,
+                        "text": text,
+                        "search_text": search_text,
                     }
                 )
             # One statement executed for all the rows ("executemany").
@@ -891,7 +938,77 @@ class Storage:
     async def count_pubsub_items(self, node_id: int) -> int:
         """Return the number of cached items of a node."""
         async with self._session() as session:
-            count = await session.scalar(
-                select(func.count()).select_from(PubsubItem).where(PubsubItem.node_id == node_id)
-            )
+            count = await session.scalar(self._count_query(node_id))
         return count or 0
+
+    @staticmethod
+    def _count_query(node_id: int) -> Select:
+        """Return the query counting the items of a node."""
+        return select(func.count()).select_from(PubsubItem).where(PubsubItem.node_id == node_id)
+
+    # Full-text search.
+
+    @aio
+    async def search_item_ids(
+        self, words: str, node_id: int | None = None, limit: int = 100
+    ) -> list[tuple[int, str]]:
+        """Search cached items whose text contains every word of ``words``.
+
+        ``words`` is user text: it is split on spaces, and each word is
+        searched as text, so punctuation and query operators (``"``, ``*``,
+        ``AND``, ``NEAR``, ``(``...) never cause a syntax error. Case and
+        diacritics are ignored ("cafe" finds "Café"). A word made of several
+        tokens ("pubsub-cache", "v1.2") matches them in that order. Words
+        without letters or digits are ignored, and text without any other
+        word finds nothing.
+
+        Returns up to ``limit`` ``(node id, item id)`` pairs, the most
+        recently updated items first, optionally only in the node
+        ``node_id``. Raises InvalidValue on a negative ``limit``.
+        """
+        if limit < 0:
+            raise InvalidValue(f"limit must be 0 or more, not {limit}")
+        if limit == 0:
+            return []
+        query = self._search_query(words, node_id, limit)
+        if query is None:
+            return []
+        async with self._session() as session:
+            result = await session.execute(query)
+            return [(item_node_id, item_id) for item_node_id, item_id in result]
+
+    def _search_query(self, words: str, node_id: int | None, limit: int) -> Select | None:
+        """Build the query of :meth:`search_item_ids`, None when ``words`` has no word."""
+        query = select(PubsubItem.node_id, PubsubItem.name)
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            match = fulltext.fts5_query(words)
+            if match is None:
+                return None
+            # A subquery rather than a join: SQLite then runs the FTS5 query
+            # once, even when it walks a node's items by index, instead of
+            # probing the FTS5 table once per item.
+            fts_table = table(fulltext.SQLITE_FTS_TABLE, column("rowid"))
+            matching_ids = select(fts_table.c.rowid).where(
+                literal_column(fulltext.SQLITE_FTS_TABLE).bool_op("MATCH")(match)
+            )
+            query = query.where(PubsubItem.id.in_(matching_ids))
+        elif dialect == "postgresql":
+            phrases = fulltext.pg_query_words(words)
+            if not phrases:
+                return None
+            config = literal_column(f"'{fulltext.PG_TS_CONFIG}'::regconfig")
+            ts_query = func.phraseto_tsquery(config, phrases[0])
+            for phrase in phrases[1:]:
+                ts_query = ts_query.op("&&")(func.phraseto_tsquery(config, phrase))
+            vector = literal_column(f"{PubsubItem.__tablename__}.{fulltext.PG_VECTOR_COLUMN}")
+            query = query.where(vector.bool_op("@@")(ts_query))
+        else:
+            raise StorageError(
+                f"database {self.display_name} uses {dialect}, which has no full-text "
+                f"index: use SQLite or PostgreSQL"
+            )
+
+        if node_id is not None:
+            query = query.where(PubsubItem.node_id == node_id)
+        return query.order_by(PubsubItem.updated.desc(), PubsubItem.id.desc()).limit(limit)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -72,6 +73,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)
 
 
+# JSON documents are JSONB on PostgreSQL: stored parsed, so they can be indexed
+# and queried by path without parsing each row again. SQLite keeps JSON text.
+JSON_DOCUMENT = JSON().with_variant(JSONB(), "postgresql")
+# The same, for columns where Python None means SQL NULL rather than JSON null.
+NULLABLE_JSON_DOCUMENT = JSON(none_as_null=True).with_variant(
+    JSONB(none_as_null=True), "postgresql"
+)
+
+
 class Base(DeclarativeBase):
     """Declarative base of every mapped class of the backend."""
 
@@ -111,7 +121,7 @@ class Profile(Base):
     # mode 0600, which protects it from other users only, not from backups or
     # other programs of the same user.
     password: Mapped[str] = mapped_column(String)
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON_DOCUMENT, default=dict)
     is_default: Mapped[bool] = mapped_column(default=False)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 
@@ -142,7 +152,7 @@ class PubsubNode(Base):
     subtype: Mapped[str | None] = mapped_column(String)
     sync_state: Mapped[SyncState | None] = mapped_column(SYNC_STATE_TYPE)
     sync_state_updated: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    extra: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    extra: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON_DOCUMENT)
 
     profile: Mapped[Profile] = relationship(back_populates="nodes", lazy="raise")
     items: Mapped[list[PubsubItem]] = relationship(
@@ -169,18 +179,26 @@ class PubsubItem(Base):
     __tablename__ = "pubsub_items"
     __table_args__ = (
         UniqueConstraint("node_id", "name"),
-        Index("ix_pubsub_items_node_id_created", "node_id", "created"),
-        Index("ix_pubsub_items_node_id_updated", "node_id", "updated"),
+        # Pages of a node, newest first, read in index order. The id breaks
+        # ties as in Storage._items_query(), so PostgreSQL needs no sort step.
+        Index("ix_pubsub_items_node_id_created_id", "node_id", "created", "id"),
+        Index("ix_pubsub_items_node_id_updated_id", "node_id", "updated", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     node_id: Mapped[int] = mapped_column(ForeignKey("pubsub_nodes.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String)
     data: Mapped[str] = mapped_column(Text)
-    parsed: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    parsed: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON_DOCUMENT)
     publisher: Mapped[str | None] = mapped_column(String)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
     updated: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+    # Full-text index input (see libervia.backend.memory.fulltext): the text
+    # of the payload without markup, indexed by FTS5 on SQLite, and on
+    # PostgreSQL its folded words, from which the database generates the
+    # indexed tsvector column (not mapped). search_text stays NULL on SQLite.
+    text: Mapped[str | None] = mapped_column(Text)
+    search_text: Mapped[str | None] = mapped_column(Text)
 
     node: Mapped[PubsubNode] = relationship(back_populates="items", lazy="raise")
 

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from libervia.backend.core import constants as C
-from libervia.backend.memory import sqla
+from libervia.backend.memory import fulltext, sqla
 from libervia.backend.memory.sqla_mapping import Base, UTCDateTime
 
 
@@ -67,6 +67,9 @@ def configure_options(dialect_name: str) -> dict[str, Any]:
         "render_as_batch": dialect_name == "sqlite",
         "render_item": render_item,
         "compare_type": True,
+        # The full-text index has parts that are not in the mapping.
+        "include_name": fulltext.include_name,
+        "include_object": fulltext.include_object,
     }
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "b1706904027b"
 down_revision: str | Sequence[str] | None = None
@@ -20,6 +21,11 @@ depends_on: str | Sequence[str] | None = None
 SYNC_STATES = ("IN_PROGRESS", "COMPLETED", "ERROR", "NO_SYNC")
 
 
+def json_document() -> sa.types.TypeEngine:
+    """Return the type of a JSON column: JSONB on PostgreSQL, JSON text elsewhere."""
+    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
 def upgrade() -> None:
     """Create the profiles, pubsub_nodes and pubsub_items tables."""
     op.create_table(
@@ -28,7 +34,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(), nullable=False),
         sa.Column("jid", sa.String(), nullable=False),
         sa.Column("password", sa.String(), nullable=False),
-        sa.Column("params", sa.JSON(), nullable=False),
+        sa.Column("params", json_document(), nullable=False),
         sa.Column("is_default", sa.Boolean(), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_profiles")),
@@ -56,7 +62,7 @@ def upgrade() -> None:
             nullable=True,
         ),
         sa.Column("sync_state_updated", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("extra", sa.JSON(), nullable=True),
+        sa.Column("extra", json_document(), nullable=True),
         sa.ForeignKeyConstraint(
             ["profile_id"],
             ["profiles.id"],
@@ -78,7 +84,7 @@ def upgrade() -> None:
         sa.Column("node_id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(), nullable=False),
         sa.Column("data", sa.Text(), nullable=False),
-        sa.Column("parsed", sa.JSON(), nullable=True),
+        sa.Column("parsed", json_document(), nullable=True),
         sa.Column("publisher", sa.String(), nullable=True),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated", sa.DateTime(timezone=True), nullable=False),
@@ -92,17 +98,23 @@ def upgrade() -> None:
         sa.UniqueConstraint("node_id", "name", name=op.f("uq_pubsub_items_node_id_name")),
     )
     op.create_index(
-        "ix_pubsub_items_node_id_created", "pubsub_items", ["node_id", "created"], unique=False
+        "ix_pubsub_items_node_id_created_id",
+        "pubsub_items",
+        ["node_id", "created", "id"],
+        unique=False,
     )
     op.create_index(
-        "ix_pubsub_items_node_id_updated", "pubsub_items", ["node_id", "updated"], unique=False
+        "ix_pubsub_items_node_id_updated_id",
+        "pubsub_items",
+        ["node_id", "updated", "id"],
+        unique=False,
     )
 
 
 def downgrade() -> None:
     """Drop the tables created by upgrade(), children first."""
-    op.drop_index("ix_pubsub_items_node_id_updated", table_name="pubsub_items")
-    op.drop_index("ix_pubsub_items_node_id_created", table_name="pubsub_items")
+    op.drop_index("ix_pubsub_items_node_id_updated_id", table_name="pubsub_items")
+    op.drop_index("ix_pubsub_items_node_id_created_id", table_name="pubsub_items")
     op.drop_table("pubsub_items")
     op.drop_table("pubsub_nodes")
     op.drop_table("profiles")

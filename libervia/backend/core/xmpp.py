@@ -37,6 +37,10 @@ DEFAULT_PORT = 5222
 DEFAULT_CONNECT_TIMEOUT = 20.0
 DEFAULT_IQ_TIMEOUT = 60.0
 
+# Trigger point run with (client, presence element) before the initial
+# presence of a stream is sent.
+TRIGGER_INITIAL_PRESENCE = "XMPP_initial_presence"
+
 
 _TRUE_WORDS = ("1", "true", "yes", "on")
 _FALSE_WORDS = ("0", "false", "no", "off", "")
@@ -275,11 +279,21 @@ class XMPPClient:
 
     def _on_authenticated(self, xs: CountingXmlStream) -> None:
         self.connected = True
-        # Initial presence: the server delivers pubsub notifications sent to
-        # the bare JID only to resources that are available.
-        xs.send(domish.Element((None, "presence")))
-        log.info("profile %s: connected as %s", self.profile, xs.authenticator.jid.full())
         self.jid = xs.authenticator.jid
+        defer.ensureDeferred(self._announce(xs))
+
+    async def _announce(self, xs: CountingXmlStream) -> None:
+        """Send the initial presence, then report the stream as ready."""
+        # The server delivers pubsub notifications sent to the bare JID only
+        # to available resources. Plugins add to this presence (entity
+        # capabilities, for instance) through the trigger point.
+        presence = domish.Element((None, "presence"))
+        try:
+            await self.host.trigger.point(TRIGGER_INITIAL_PRESENCE, self, presence)
+        except Exception:
+            log.exception("profile %s: a trigger of the initial presence failed", self.profile)
+        xs.send(presence)
+        log.info("profile %s: connected as %s", self.profile, self.jid.full())
         deferred, self._connecting = self._connecting, None
         if deferred is not None and not deferred.called:
             deferred.callback(None)

@@ -4,7 +4,8 @@ The ``prosody`` fixture starts one real Prosody server for the session. It
 never skips: when Prosody is not installed, every test using it fails with a
 message that names the install script, ``scripts/ensure-prosody.sh``.
 
-The ``db_url`` fixture runs a test once per database engine: on a new SQLite
+The ``db_url`` fixture (and ``storage``, an initialised Storage on it) runs a
+test once per database engine: on a new SQLite
 file, and on a new database of the local PostgreSQL server (see
 :mod:`libervia.testing.databases`). It never skips either: a PostgreSQL
 server that cannot be reached fails the test.
@@ -12,12 +13,14 @@ server that cannot be reached fails the test.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
+from libervia.backend.memory.sqla import Storage
 from libervia.testing.databases import DatabaseUnavailable, database_url
 from libervia.testing.prosody import ProsodyServer
 
@@ -84,6 +87,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """
     with database_or_fail(request.param, tmp_path) as url:
         yield url
+
+
+@pytest_twisted.async_yield_fixture
+async def storage(db_url: str) -> AsyncIterator[Storage]:
+    """Yield an initialised Storage on a new database of each engine, closed after the test."""
+    storage = Storage(db_url)
+    await storage.initialise()
+    yield storage
+    await storage.close()
 
 
 @pytest.fixture(scope="module", params=DATABASE_ENGINES)

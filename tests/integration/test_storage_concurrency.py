@@ -9,7 +9,6 @@ write must be there at the end, in order.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest_twisted
@@ -47,15 +46,6 @@ class ReadLog:
     counts: list[int] = field(default_factory=list)
     bad_pages: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-
-
-@pytest_twisted.async_yield_fixture
-async def storage(db_url: str) -> AsyncIterator[Storage]:
-    """Yield an initialised Storage on a new database (SQLite file or PostgreSQL)."""
-    storage = Storage(db_url)
-    await storage.initialise()
-    yield storage
-    await storage.close()
 
 
 async def write_all(storage: Storage, node: PubsubNode, done: list[bool]) -> None:

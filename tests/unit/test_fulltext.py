@@ -7,7 +7,7 @@ with the text of ``pubsub_items`` and fails on a stale or missing entry.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -103,15 +103,6 @@ async def index_size(storage: Storage) -> int | None:
     if storage.engine.dialect.name != "sqlite":
         return None
     return await as_deferred(_sqlite_index_size(storage))
-
-
-@pytest_twisted.async_yield_fixture
-async def storage(db_url: str) -> AsyncIterator[Storage]:
-    """Yield an initialised Storage on a new database."""
-    storage = Storage(db_url)
-    await storage.initialise()
-    yield storage
-    await storage.close()
 
 
 @pytest_twisted.async_fixture

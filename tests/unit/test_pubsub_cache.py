@@ -8,7 +8,6 @@ twice, on an SQLite file and on a PostgreSQL database (``db_url`` fixture).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -357,15 +356,6 @@ class StrategyTests:
 
 
 # --- serving from storage ------------------------------------------------------------
-
-
-@pytest_twisted.async_yield_fixture
-async def storage(db_url: str) -> AsyncIterator[Storage]:
-    """Yield an initialised Storage on a new database of each engine, closed after the test."""
-    storage = Storage(db_url)
-    await storage.initialise()
-    yield storage
-    await storage.close()
 
 
 @pytest_twisted.async_fixture

@@ -7,7 +7,7 @@ on a new database of the local PostgreSQL server.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -69,15 +69,6 @@ def recorded_statements(storage: Storage) -> Iterator[list[tuple[str, int]]]:
         yield statements
     finally:
         event.remove(sync_engine, "before_cursor_execute", record)
-
-
-@pytest_twisted.async_yield_fixture
-async def storage(db_url: str) -> AsyncIterator[Storage]:
-    """Yield an initialised Storage on a new database (SQLite file or PostgreSQL)."""
-    storage = Storage(db_url)
-    await storage.initialise()
-    yield storage
-    await storage.close()
 
 
 @pytest_twisted.async_fixture

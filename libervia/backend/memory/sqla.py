@@ -284,6 +284,23 @@ def _backup_sqlite_file(path: Path, revision: str) -> Path:
     return target
 
 
+def _items_request_selects(
+    max_items: int | None, item_ids: Sequence[str] | None, order_by: str,
+) -> bool:
+    """Check the arguments of an items read; return False when they select nothing.
+
+    Raises InvalidValue on a negative ``max_items`` or an unknown ``order_by``.
+    """
+    if order_by not in ITEMS_ORDER_FIELDS:
+        raise InvalidValue(
+            f"cannot order pubsub items by {order_by!r}: use one of "
+            f"{', '.join(sorted(ITEMS_ORDER_FIELDS))}"
+        )
+    if max_items is not None and max_items < 0:
+        raise InvalidValue(f"max_items must be 0 or more, not {max_items}")
+    return max_items != 0 and (item_ids is None or bool(item_ids))
+
+
 class Storage:
     """Database of the backend: profiles and the pubsub cache.
 
@@ -869,14 +886,7 @@ class Storage:
         items (unknown ids are absent from the result). Raises InvalidValue on
         a negative ``max_items`` or an unknown ``order_by``.
         """
-        if order_by not in ITEMS_ORDER_FIELDS:
-            raise InvalidValue(
-                f"cannot order pubsub items by {order_by!r}: use one of "
-                f"{', '.join(sorted(ITEMS_ORDER_FIELDS))}"
-            )
-        if max_items is not None and max_items < 0:
-            raise InvalidValue(f"max_items must be 0 or more, not {max_items}")
-        if max_items == 0 or (item_ids is not None and not item_ids):
+        if not _items_request_selects(max_items, item_ids, order_by):
             return []
 
         query = self._items_query(select(PubsubItem), node_id, max_items, item_ids, order_by)
@@ -899,14 +909,7 @@ class Storage:
         This is the pubsub cache's serving path: it reads one column without
         building ORM objects.
         """
-        if order_by not in ITEMS_ORDER_FIELDS:
-            raise InvalidValue(
-                f"cannot order pubsub items by {order_by!r}: use one of "
-                f"{', '.join(sorted(ITEMS_ORDER_FIELDS))}"
-            )
-        if max_items is not None and max_items < 0:
-            raise InvalidValue(f"max_items must be 0 or more, not {max_items}")
-        if max_items == 0 or (item_ids is not None and not item_ids):
+        if not _items_request_selects(max_items, item_ids, order_by):
             return []
         query = self._items_query(select(PubsubItem.data), node_id, max_items, item_ids, order_by)
         try:

@@ -13,7 +13,7 @@ PYTHON ?= python3
 
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo docs clean prosody
+.PHONY: test demo docs clean prosody ejabberd
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ $(STAMP): setup.cfg pyproject.toml
 prosody:
 	scripts/ensure-prosody.sh
 
+# Installs ejabberd and its SQLite driver when missing (root or passwordless sudo).
+ejabberd:
+	scripts/ensure-ejabberd.sh
+
 # pytest exits with 5 when it collects no test, so an empty run fails too.
-test: $(STAMP) prosody
+test: $(STAMP) prosody ejabberd
 	$(VENV)/bin/pytest
 
 demo: $(STAMP) prosody

@@ -1,8 +1,9 @@
 """Fixtures shared by the whole test suite.
 
-The ``prosody`` fixture starts one real Prosody server for the session. It
-never skips: when Prosody is not installed, every test using it fails with a
-message that names the install script, ``scripts/ensure-prosody.sh``.
+The ``prosody`` and ``ejabberd`` fixtures start one real server each for the
+session. They never skip: when a server is not installed, every test using it
+fails with a message that names its install script,
+``scripts/ensure-prosody.sh`` or ``scripts/ensure-ejabberd.sh``.
 
 The ``db_url`` fixture (and ``storage``, an initialised Storage on it) runs a
 test once per database engine: on a new SQLite
@@ -22,6 +23,7 @@ import pytest_twisted
 
 from libervia.backend.memory.sqla import Storage
 from libervia.testing.databases import DatabaseUnavailable, database_url
+from libervia.testing.ejabberd import EjabberdServer
 from libervia.testing.prosody import ProsodyServer
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
@@ -108,9 +110,6 @@ def module_db_url(
     """
     with database_or_fail(request.param, tmp_path_factory.mktemp("database")) as url:
         yield url
-
-
-from libervia.testing.ejabberd import EjabberdServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

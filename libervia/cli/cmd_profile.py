@@ -54,7 +54,20 @@ def add_commands(
     create.add_argument(
         "--allow-plaintext",
         action="store_true",
-        help="allow a connection without TLS (for local test servers only)",
+        help="allow a connection without TLS, and SASL PLAIN over it (for local test "
+        "servers only)",
+    )
+    create.add_argument(
+        "--direct-tls",
+        action="store_true",
+        help="open TLS from the first byte (XEP-0368) instead of STARTTLS; give the "
+        "server's direct TLS port with --port",
+    )
+    create.add_argument(
+        "--sasl-mechanisms",
+        metavar="NAMES",
+        help="comma-separated SASL mechanisms allowed, among SCRAM-SHA-256, "
+        "SCRAM-SHA-1 and PLAIN (default: all; the strongest one offered is used)",
     )
     create.add_argument(
         "--default", action="store_true", help="make it the default profile"
@@ -190,6 +203,13 @@ def run_create(ctx: Context, args: argparse.Namespace) -> int:
         options["ca_file"] = str(ca_file)
     if args.allow_plaintext:
         options["allow_plaintext"] = True
+    if args.direct_tls:
+        options["direct_tls"] = True
+    if args.sasl_mechanisms is not None:
+        mechanisms = [name.strip() for name in args.sasl_mechanisms.split(",") if name.strip()]
+        if not mechanisms:
+            raise CliError("--sasl-mechanisms is empty: name at least one mechanism")
+        options["sasl_mechanisms"] = mechanisms
     password = read_password(args, fallback=True, confirm=True)
 
     result = ctx.call(
@@ -217,8 +237,14 @@ def run_connect(ctx: Context, args: argparse.Namespace) -> int:
 
     if ctx.output.is_json:
         ctx.output.json(result)
-    else:
-        ctx.output.line(f"connected as {result['jid']}")
+        return 0
+    details = []
+    if result.get("mechanism"):
+        details.append(f"SASL {result['mechanism']}")
+    if "tls" in result:
+        details.append("TLS" if result["tls"] else "no TLS")
+    suffix = f" ({', '.join(details)})" if details else ""
+    ctx.output.line(f"connected as {result['jid']}{suffix}")
     return 0
 
 

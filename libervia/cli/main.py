@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from libervia.backend import __version__
-from libervia.cli import cmd_blog, cmd_daemon, cmd_profile, cmd_pubsub
+from libervia.cli import cmd_blog, cmd_daemon, cmd_profile, cmd_pubsub, cmd_roster
 from libervia.cli.bridge_client import DEFAULT_TIMEOUT, BridgeError, BridgeUnavailable
 from libervia.cli.common import CliError, Context, add_common_options
 from libervia.cli.output import OUTPUT_DEFAULT, Output
@@ -67,7 +67,7 @@ def build_parser() -> ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True)
     # Subparsers are built with the class of their parent, so their errors
     # also follow the one-line format.
-    for module in (cmd_profile, cmd_pubsub, cmd_blog, cmd_daemon):
+    for module in (cmd_profile, cmd_roster, cmd_pubsub, cmd_blog, cmd_daemon):
         module.add_commands(subparsers, common)
     return parser
 

@@ -143,6 +143,8 @@ class ProsodyServer:
         extra_config: Lua lines added to the global section of the config.
             They must not set an option this class writes: Prosody 0.12
             rejects a config that sets an option twice.
+        direct_tls: also listen for TLS from the first byte (XEP-0368) on
+            :attr:`direct_tls_port`.
     """
 
     host = "127.0.0.1"
@@ -156,8 +158,11 @@ class ProsodyServer:
         admins: Iterable[str] = (),
         debug_log: bool = False,
         extra_config: str = "",
+        direct_tls: bool = False,
     ) -> None:
         self._domain = domain
+        self._direct_tls = direct_tls
+        self._direct_tls_port: int | None = None
         self._owns_workdir = workdir is None
         self._workdir = Path(workdir) if workdir is not None else None
         self._nagle = nagle
@@ -205,6 +210,17 @@ class ProsodyServer:
         return self._port
 
     @property
+    def direct_tls_port(self) -> int:
+        """Direct TLS c2s port on :attr:`host`, when created with ``direct_tls``."""
+        if not self._direct_tls:
+            raise RuntimeError("this ProsodyServer was created without direct_tls")
+        if self._direct_tls_port is None:
+            raise RuntimeError(
+                "this ProsodyServer was stopped and its temporary folder removed"
+            )
+        return self._direct_tls_port
+
+    @property
     def config_path(self) -> Path:
         """Path of the generated Prosody configuration file."""
         return self.workdir / "prosody.cfg.lua"
@@ -249,6 +265,8 @@ class ProsodyServer:
         (self._workdir / "certs").mkdir(exist_ok=True)
 
         self._port = pick_free_port(self.host)
+        if self._direct_tls:
+            self._direct_tls_port = pick_free_port(self.host)
         if not self.ca_file.exists():
             generate_certificate(self._domain, self.ca_file, self.key_file)
         self._write_config()
@@ -261,6 +279,7 @@ class ProsodyServer:
         if self._tls:
             modules.append("tls")
         log_level = "debug" if self._debug_log else "info"
+        direct_tls_ports = f"{{ {self._direct_tls_port} }}" if self._direct_tls else "{}"
 
         lines = [
             "-- Written by libervia.testing.prosody for a test server.",
@@ -277,7 +296,7 @@ class ProsodyServer:
             f"c2s_ports = {{ {self._port} }}",
             # Only the c2s listener is wanted: the other services that
             # Prosody may load get no port, so they never bind a default one.
-            "c2s_direct_tls_ports = {}",
+            f"c2s_direct_tls_ports = {direct_tls_ports}",
             "legacy_ssl_ports = {}",
             "s2s_ports = {}",
             "component_ports = {}",
@@ -489,6 +508,7 @@ class ProsodyServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
             self._port = None
+            self._direct_tls_port = None
 
     def _reap(self) -> None:
         """Terminate the child process if it runs and wait for its exit."""

@@ -40,7 +40,9 @@ from libervia.backend.plugins.plugin_xep_0060 import (
     items_from_xml,
     parse_jid,
 )
+from libervia.backend.plugins.plugin_xep_0059 import RSMRequest
 from libervia.testing.fake_stream import FakeClient, FakeXmlStream, element_from
+from libervia.testing.xml_compare import xml_differences
 
 EXAMPLES_FILE = Path(__file__).resolve().parent.parent / "data" / "xep" / "xep-0060-examples.jsonl"
 NS_ATOM = "http://www.w3.org/2005/Atom"
@@ -83,68 +85,6 @@ def pubsub_child(iq: domish.Element) -> domish.Element:
     child = next(iq.elements(NS_PUBSUB, "pubsub"), None)
     assert child is not None, f"no <pubsub/> in {iq.toXml()}"
     return child
-
-
-def element_text(element: domish.Element) -> str:
-    """Return the element's own text, stripped; whitespace between children is ignored."""
-    return "".join(child for child in element.children if isinstance(child, str)).strip()
-
-
-def xml_differences(
-    expected: domish.Element,
-    actual: domish.Element,
-    path: str = "",
-    expected_uri: str | None = None,
-    actual_uri: str | None = None,
-) -> list[str]:
-    """List how ``actual`` differs from ``expected``: names, namespaces, attributes, text.
-
-    An element without a namespace inherits its parent's, as in serialised
-    XML. Data forms are compared by type, FORM_TYPE and field values, so
-    field order does not matter.
-    """
-    expected_uri = expected.uri if expected.uri is not None else expected_uri
-    actual_uri = actual.uri if actual.uri is not None else actual_uri
-    element_path = f"{path}/{expected.name}"
-    if (expected_uri, expected.name) != (actual_uri, actual.name):
-        return [
-            f"{element_path}: expected {{{expected_uri}}}{expected.name}, "
-            f"got {{{actual_uri}}}{actual.name}"
-        ]
-
-    if (expected_uri, expected.name) == (NS_X_DATA, "x"):
-        expected_form = data_form.Form.fromElement(expected)
-        actual_form = data_form.Form.fromElement(actual)
-        expected_summary = (
-            expected_form.formType, expected_form.formNamespace, expected_form.getValues()
-        )
-        actual_summary = (actual_form.formType, actual_form.formNamespace, actual_form.getValues())
-        if expected_summary != actual_summary:
-            return [f"{element_path}: expected form {expected_summary}, got {actual_summary}"]
-        return []
-
-    differences = []
-    if expected.attributes != actual.attributes:
-        differences.append(
-            f"{element_path}: expected attributes {expected.attributes}, got {actual.attributes}"
-        )
-    expected_text = element_text(expected)
-    actual_text = element_text(actual)
-    if expected_text != actual_text:
-        differences.append(f"{element_path}: expected text {expected_text!r}, got {actual_text!r}")
-    expected_children = list(expected.elements())
-    actual_children = list(actual.elements())
-    if len(expected_children) != len(actual_children):
-        differences.append(
-            f"{element_path}: expected children {[c.name for c in expected_children]}, "
-            f"got {[c.name for c in actual_children]}"
-        )
-        return differences
-    for expected_child, actual_child in zip(expected_children, actual_children):
-        differences += xml_differences(
-            expected_child, actual_child, element_path, expected_uri, actual_uri
-        )
-    return differences
 
 
 def render(request: PubSubRequest) -> domish.Element:
@@ -556,11 +496,13 @@ class GetItemsTriggerTests:
 
         host.trigger.add(TRIGGER_GET_ITEMS, record)
 
+        rsm_request = RSMRequest(max=5)
         await plugin.get_items(
-            client, SERVICE, NODE, max_items=3, item_ids=["x"], sub_id="s1", extra={"k": 1}
+            client, SERVICE, NODE, max_items=3, item_ids=["x"], sub_id="s1", extra={"k": 1},
+            rsm_request=rsm_request,
         )
 
-        assert calls == [(client, SERVICE, NODE, 3, ["x"], "s1", {"k": 1})]
+        assert calls == [(client, SERVICE, NODE, 3, ["x"], "s1", {"k": 1}, rsm_request)]
 
     @pytest_twisted.ensureDeferred
     async def test_continue_goes_to_network(self, host: MinimalHost, plugin: XEP_0060) -> None:

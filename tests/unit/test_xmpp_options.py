@@ -146,3 +146,103 @@ class TextOptionsTests:
             connect_timeout=4.0,
             iq_timeout=8.0,
         )
+
+
+class DirectTlsTests:
+    def test_default_off(self) -> None:
+        assert ConnectionOptions().direct_tls is False
+
+    @pytest.mark.parametrize("value", [True, "true", "yes", 1])
+    def test_on(self, value: Any) -> None:
+        assert ConnectionOptions.from_mapping({"direct_tls": value}).direct_tls is True
+
+    def test_invalid(self) -> None:
+        with pytest.raises(ConfigError, match="direct_tls"):
+            ConnectionOptions.from_mapping({"direct_tls": "maybe"})
+
+
+class SaslMechanismsTests:
+    """sasl_mechanisms from a list (profile params) or a string (config file)."""
+
+    def test_default_all_supported(self) -> None:
+        assert ConnectionOptions().sasl_mechanisms == ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+
+    def test_list(self) -> None:
+        options = ConnectionOptions.from_mapping({"sasl_mechanisms": ["scram-sha-1", "PLAIN"]})
+
+        assert options.sasl_mechanisms == ("SCRAM-SHA-1", "PLAIN")
+
+    def test_comma_separated_string(self) -> None:
+        options = ConnectionOptions.from_mapping({"sasl_mechanisms": "SCRAM-SHA-256, PLAIN"})
+
+        assert options.sasl_mechanisms == ("SCRAM-SHA-256", "PLAIN")
+
+    def test_duplicates_removed(self) -> None:
+        options = ConnectionOptions.from_mapping({"sasl_mechanisms": ["PLAIN", "PLAIN"]})
+
+        assert options.sasl_mechanisms == ("PLAIN",)
+
+    def test_digest_md5_rejected(self) -> None:
+        with pytest.raises(ConfigError, match="DIGEST-MD5 is obsolete"):
+            ConnectionOptions.from_mapping({"sasl_mechanisms": ["DIGEST-MD5"]})
+
+    def test_unknown_rejected(self) -> None:
+        with pytest.raises(ConfigError, match="unknown mechanism 'X-OAUTH2'"):
+            ConnectionOptions.from_mapping({"sasl_mechanisms": "X-OAUTH2"})
+
+    @pytest.mark.parametrize("value", [[], " , ", [""]])
+    def test_empty_rejected(self, value: Any) -> None:
+        with pytest.raises(ConfigError, match="empty"):
+            ConnectionOptions.from_mapping({"sasl_mechanisms": value})
+
+    def test_wrong_type_rejected(self) -> None:
+        with pytest.raises(ConfigError, match="invalid sasl_mechanisms"):
+            ConnectionOptions.from_mapping({"sasl_mechanisms": 5})
+
+
+class ReconnectOptionsTests:
+    def test_defaults_build_policy(self) -> None:
+        policy = ConnectionOptions().backoff_policy()
+
+        assert policy.initial_delay == 1.0
+        assert policy.factor == 2.0
+        assert policy.max_delay == 120.0
+        assert policy.jitter == 0.5
+
+    def test_values_from_config_strings(self) -> None:
+        options = ConnectionOptions.from_mapping(
+            {
+                "reconnect_initial_delay": "0.5",
+                "reconnect_factor": "3",
+                "reconnect_max_delay": "30",
+                "reconnect_jitter": "0",
+            }
+        )
+        policy = options.backoff_policy()
+
+        assert (policy.initial_delay, policy.factor, policy.max_delay, policy.jitter) == (
+            0.5, 3.0, 30.0, 0.0,
+        )
+
+    @pytest.mark.parametrize(
+        "key, value",
+        [
+            ("reconnect_initial_delay", "0"),
+            ("reconnect_initial_delay", "soon"),
+            ("reconnect_factor", "0.5"),
+            ("reconnect_max_delay", "-1"),
+            ("reconnect_jitter", "-0.1"),
+            ("reconnect_jitter", "1.5"),
+            ("reconnect_max_delay", "inf"),
+            ("reconnect_factor", True),
+        ],
+    )
+    def test_invalid(self, key: str, value: Any) -> None:
+        with pytest.raises(ConfigError, match=key):
+            ConnectionOptions.from_mapping({key: value})
+
+    def test_max_below_initial(self) -> None:
+        with pytest.raises(ConfigError, match="reconnect_max_delay"):
+            ConnectionOptions.from_mapping(
+                {"reconnect_initial_delay": "10", "reconnect_max_delay": "5"}
+            )

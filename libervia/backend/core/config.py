@@ -7,8 +7,14 @@ The file is ``libervia.conf`` in the XDG config directory (see
     ``db_url``: SQLAlchemy URL of the database; ``LIBERVIA_DB_URL`` overrides it.
 ``[xmpp]``
     Connection defaults for every profile, overridden by the profile's own
-    options: ``host``, ``port``, ``ca_file``, ``allow_plaintext`` and
-    ``connect_timeout`` (seconds).
+    options: ``host``, ``port``, ``ca_file``, ``allow_plaintext``,
+    ``direct_tls`` and ``sasl_mechanisms``; and, for every profile,
+    ``connect_timeout`` and ``iq_timeout`` (seconds) and the reconnection
+    policy ``reconnect_initial_delay``, ``reconnect_factor``,
+    ``reconnect_max_delay`` and ``reconnect_jitter``.
+``[presence]``
+    ``auto_accept``: which presence subscription requests are approved:
+    ``roster`` (contacts in the roster, the default), ``all`` or ``none``.
 ``[pubsub_cache]``
     ``strategy``: ``cache`` (default) or ``no_cache`` to send every request to
     the network.

@@ -52,3 +52,76 @@ class StorageError(BackendError):
 
 class PluginError(BackendError):
     """A plugin could not be loaded (missing dependency, invalid PLUGIN_INFO)."""
+
+
+class PubsubConditionError(PubsubError):
+    """A pubsub service answered a request with an error condition.
+
+    The message names the request, the service, the node and the condition.
+    ``condition`` is the XMPP stanza error condition, ``pubsub_condition`` the
+    pubsub-specific one (``invalid-jid``, ``unsupported``...) and ``feature``
+    the pubsub feature named by ``unsupported``; each may be None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        service: str = "",
+        node: str | None = None,
+        condition: str = "",
+        pubsub_condition: str | None = None,
+        feature: str | None = None,
+        text: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.service = service
+        self.node = node
+        self.condition = condition
+        self.pubsub_condition = pubsub_condition
+        self.feature = feature
+        self.text = text
+
+    @property
+    def app_condition(self) -> str | None:
+        """Return the pubsub-specific condition (name kept for older callers)."""
+        return self.pubsub_condition
+
+
+class PubsubItemNotFound(PubsubConditionError):
+    """The node, the item or the requested page does not exist (item-not-found)."""
+
+
+class PubsubForbidden(PubsubConditionError):
+    """The profile may not do this on the node (forbidden)."""
+
+
+class PubsubNotAuthorized(PubsubConditionError):
+    """The node's access model rejects the profile (not-authorized)."""
+
+
+class PubsubFeatureNotImplemented(PubsubConditionError):
+    """The service or node lacks the feature; ``feature`` names it (feature-not-implemented)."""
+
+
+class PubsubConflict(PubsubConditionError):
+    """The node already exists, or is full (conflict)."""
+
+
+class PubsubNotAcceptable(PubsubConditionError):
+    """The service does not accept the values sent (not-acceptable)."""
+
+
+class PubsubPreconditionNotMet(PubsubConditionError):
+    """Publish options do not match the node configuration (precondition-not-met)."""
+
+
+class PubsubBadRequest(PubsubConditionError):
+    """The service found the request malformed (bad-request)."""
+
+
+class PubsubNotAllowed(PubsubConditionError):
+    """The node does not allow this, e.g. a whitelist node (not-allowed)."""
+
+
+class PubsubTimeout(PubsubError):
+    """The pubsub service did not answer within the IQ timeout."""

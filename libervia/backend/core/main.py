@@ -30,7 +30,14 @@ from libervia.backend.tools.aio import maybe_await
 
 log = logging.getLogger(__name__)
 
-PROFILE_OPTION_KEYS = ("host", "port", "ca_file", "allow_plaintext")
+PROFILE_OPTION_KEYS = (
+    "host", "port", "ca_file", "allow_plaintext", "direct_tls", "sasl_mechanisms",
+)
+#: Connection options read from the [xmpp] section only, for every profile.
+CONFIG_ONLY_OPTION_KEYS = (
+    "connect_timeout", "iq_timeout", "reconnect_initial_delay", "reconnect_factor",
+    "reconnect_max_delay", "reconnect_jitter",
+)
 
 
 class Backend:
@@ -161,7 +168,7 @@ class Backend:
             raise ProfileNotFound(f"profile {name!r} not found: see li profile list")
         values: dict[str, Any] = {
             key: self.config.get("xmpp", key)
-            for key in PROFILE_OPTION_KEYS + ("connect_timeout",)
+            for key in PROFILE_OPTION_KEYS + CONFIG_ONLY_OPTION_KEYS
         }
         values.update({k: v for k, v in (profile.params or {}).items() if v is not None})
         options = ConnectionOptions.from_mapping(values)
@@ -284,7 +291,7 @@ class Backend:
         self, name: str | None = None, password: str | None = None,
     ) -> dict[str, Any]:
         client = await self.connect_profile(name, password)
-        return {"jid": client.jid.full()}
+        return {"jid": client.jid.full(), "mechanism": client.sasl_mechanism, "tls": client.tls}
 
     async def _profile_disconnect(self, name: str | None = None) -> None:
         await self.disconnect_profile(name)

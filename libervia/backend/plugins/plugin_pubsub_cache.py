@@ -225,11 +225,15 @@ class PubsubCache:
         item_ids: list[str] | None,
         sub_id: str | None,
         extra: dict[str, Any],
+        rsm_request: Any = None,
     ) -> tuple[bool, Any] | None:
         if self.strategy == STRATEGY_NO_CACHE or not extra.get("use_cache", True):
             return None
         if sub_id is not None:
             # A subscription id filters what the service returns: not answerable here.
+            return None
+        if rsm_request is not None:
+            # TODO: serve RSM pages from storage; until then they go to the service.
             return None
         service = service or client.jid.userhostJID()
         node_id = await self._completed_node_id(client, service.full(), node)

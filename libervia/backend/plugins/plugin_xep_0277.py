@@ -71,7 +71,7 @@ PLUGIN_INFO = {
     "import_name": "XEP-0277",
     "type": "XEP",
     "dependencies": ["XEP-0060"],
-    "recommendations": ["PUBSUB_CACHE"],
+    "recommendations": ["PUBSUB_CACHE", "XEP-0163"],
     "main": "XEP_0277",
     "modes": ["client", "component"],
     "description": "Microblogging over pubsub (XEP-0277): Atom entries to and from data",
@@ -89,6 +89,13 @@ NS_XML = "http://www.w3.org/XML/1998/namespace"
 # "max" asks for the service's largest item limit: Prosody 0.12 keeps only
 # one item in a PEP node created without pubsub#max_items.
 DEFAULT_PUBLISH_OPTIONS = {"pubsub#access_model": "open", "pubsub#max_items": "max"}
+
+
+def _rejects_options(error: Exception) -> bool:
+    """Return True when a publish error says the service refused the publish options."""
+    return getattr(error, "app_condition", None) == "precondition-not-met" or getattr(
+        error, "condition", None
+    ) in ("resource-constraint", "not-acceptable", "bad-request")
 
 
 # --- HTML/XHTML sanitiser ---------------------------------------------------
@@ -802,6 +809,8 @@ class XEP_0277:
                     "parser": self._cache_parser,
                 }
             )
+        if "XEP-0163" in host.plugins:
+            host.plugins["XEP-0163"].add_interest(NS_MICROBLOG)
         host.bridge.register_method("mb_get", self._mb_get)
         host.bridge.register_method("mb_send", self._mb_send)
 
@@ -867,22 +876,47 @@ class XEP_0277:
             raise InvalidValue(f"invalid microblog data {data!r}: expected a mapping")
         options = data.get("options", DEFAULT_PUBLISH_OPTIONS)
         item_elt = data_to_item(data)
+        # Services reject publish options in different ways: Prosody with
+        # precondition-not-met when the node exists with another
+        # configuration, ejabberd 23.01 with resource-constraint for a field it
+        # does not know (pubsub#max_items). Then the node is created with the
+        # same settings as a configuration (nothing happens if it exists) and
+        # the post goes out without options, as the node is configured.
         try:
             item_ids = await self._pubsub.publish(
                 client, service, node, [item_elt], options=options
             )
         except PubsubError as e:
-            if not options or getattr(e, "app_condition", None) != "precondition-not-met":
+            if not options or not _rejects_options(e):
                 raise
-            # The node exists with another configuration: publish as it is
-            # configured rather than fail, as XEP-0060 leaves that to the client.
             log.info(
-                "profile %s: node %s of %s does not match publish options %s, "
-                "publishing without them",
-                client.profile, node, service.full(), options,
+                "profile %s: node %s of %s rejected publish options %s (%s); "
+                "creating it with that configuration unless it exists",
+                client.profile, node, service.full(), options, e,
             )
+            await self._create_blog_node(client, service, node, options)
             item_ids = await self._pubsub.publish(client, service, node, [item_elt])
         return item_ids[0] if item_ids else item_elt["id"]
+
+    async def _create_blog_node(
+        self, client: Any, service: jid.JID, node: str, options: dict[str, Any],
+    ) -> None:
+        """Create a blog node configured with ``options``; do nothing when it exists.
+
+        A "max" item limit that the service rejects is retried as 1000.
+        """
+        configurations = [options]
+        if options.get("pubsub#max_items") == "max":
+            configurations.append({**options, "pubsub#max_items": "1000"})
+        for index, configuration in enumerate(configurations):
+            try:
+                await self._pubsub.create_node(client, service, node, configuration)
+                return
+            except PubsubError as e:
+                if getattr(e, "condition", None) == "conflict":
+                    return
+                if index == len(configurations) - 1 or not _rejects_options(e):
+                    raise
 
     async def _mb_get(
         self,

@@ -501,6 +501,11 @@ def items_from_xml(xmls: list[str]) -> list[domish.Element]:
     return items
 
 
+def describe_target(service: str, node: str | None) -> str:
+    """Name the service and, when there is one, the node of a request for messages."""
+    return f"{service} node {node!r}" if node else service
+
+
 def stanza_error_to_exception(
     error: jabber_error.StanzaError, service: str, node: str | None, action: str,
 ) -> PubsubConditionError:
@@ -508,7 +513,8 @@ def stanza_error_to_exception(
 
     The class follows the pubsub condition first (``precondition-not-met``),
     then the stanza condition (ERROR_CLASSES). The message reads
-    "ACTION on SERVICE node NODE failed: CONDITION (PUBSUB_CONDITION FEATURE): TEXT".
+    "ACTION on SERVICE node NODE failed: CONDITION (PUBSUB_CONDITION FEATURE): TEXT",
+    without "node NODE" for a request on the whole service.
     """
     app = getattr(error, "appCondition", None)
     pubsub_condition = None
@@ -524,13 +530,17 @@ def stanza_error_to_exception(
         detail += f": {error.text}"
     if action == "getting items" and error.condition in ("item-not-found", "forbidden"):
         detail += " (the node may not exist, or its access model does not allow this profile)"
+    elif error.condition == "service-unavailable":
+        # Prosody 0.12 answers this way to requests it does not implement,
+        # such as the entity affiliations list, instead of feature-not-implemented.
+        detail += " (the service does not support this request, or does not exist)"
 
     if pubsub_condition == "precondition-not-met":
         cls: type[PubsubConditionError] = PubsubPreconditionNotMet
     else:
         cls = ERROR_CLASSES.get(error.condition, PubsubConditionError)
     return cls(
-        f"{action} on {service} node {node!r} failed: {detail}",
+        f"{action} on {describe_target(service, node)} failed: {detail}",
         service=service, node=node, condition=error.condition,
         pubsub_condition=pubsub_condition, feature=feature, text=error.text,
     )
@@ -623,11 +633,12 @@ class XEP_0060:
             raise stanza_error_to_exception(e, target, node, action) from e
         except (ConnectionDone, ConnectionLost) as e:
             raise PubsubError(
-                f"{action} on {target} node {node!r}: the stream closed before the response"
+                f"{action} on {describe_target(target, node)}: the stream closed before "
+                "the response"
             ) from e
         except defer.TimeoutError as e:
             raise PubsubTimeout(
-                f"{action} on {target} node {node!r}: no response within "
+                f"{action} on {describe_target(target, node)}: no response within "
                 f"{client.options.iq_timeout:g} s"
             ) from e
 
@@ -1291,9 +1302,15 @@ class XEP_0060:
         item_ids: list[str] | None = None,
         notify: bool = True,
         profile: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         client = self.host.get_client(profile)
-        await self.retract_items(client, parse_jid(service), node, list(item_ids or []), notify)
+        service_jid = parse_jid(service)
+        ids = list(item_ids or [])
+        await self.retract_items(client, service_jid, node, ids, notify)
+        return {
+            "service": self._target(client, service_jid), "node": node, "item_ids": ids,
+            "notify": notify,
+        }
 
     async def _bridge_subscribe(
         self,
@@ -1315,11 +1332,15 @@ class XEP_0060:
         sub_id: str | None = None,
         subscriber: str | None = None,
         profile: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         client = self.host.get_client(profile)
-        await self.unsubscribe(
-            client, parse_jid(service), node, parse_jid(subscriber, "subscriber"), sub_id
-        )
+        service_jid = parse_jid(service)
+        subscriber_jid = parse_jid(subscriber, "subscriber")
+        await self.unsubscribe(client, service_jid, node, subscriber_jid, sub_id)
+        return {
+            "service": self._target(client, service_jid), "node": node,
+            "jid": (subscriber_jid or client.jid).userhost(), "subid": sub_id,
+        }
 
     async def _bridge_subscriptions_get(
         self, service: str | None = None, node: str | None = None, profile: str | None = None,
@@ -1350,15 +1371,22 @@ class XEP_0060:
         node: str = "",
         redirect: str | None = None,
         profile: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         client = self.host.get_client(profile)
-        await self.delete_node(client, parse_jid(service), node, redirect or None)
+        service_jid = parse_jid(service)
+        await self.delete_node(client, service_jid, node, redirect or None)
+        return {
+            "service": self._target(client, service_jid), "node": node,
+            "redirect": redirect or None,
+        }
 
     async def _bridge_node_purge(
         self, service: str | None = None, node: str = "", profile: str | None = None,
-    ) -> None:
+    ) -> dict[str, str]:
         client = self.host.get_client(profile)
-        await self.purge_node(client, parse_jid(service), node)
+        service_jid = parse_jid(service)
+        await self.purge_node(client, service_jid, node)
+        return {"service": self._target(client, service_jid), "node": node}
 
     async def _bridge_node_configuration_get(
         self, service: str | None = None, node: str = "", profile: str | None = None,
@@ -1373,11 +1401,13 @@ class XEP_0060:
         node: str = "",
         options: dict[str, Any] | None = None,
         profile: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         client = self.host.get_client(profile)
         if not options:
             raise InvalidValue("no configuration option given: use KEY=VALUE pairs")
-        await self.set_node_configuration(client, parse_jid(service), node, options)
+        service_jid = parse_jid(service)
+        await self.set_node_configuration(client, service_jid, node, options)
+        return {"service": self._target(client, service_jid), "node": node, "options": options}
 
     async def _bridge_node_subscriptions_get(
         self, service: str | None = None, node: str = "", profile: str | None = None,
@@ -1391,12 +1421,17 @@ class XEP_0060:
         node: str = "",
         subscriptions: dict[str, str] | None = None,
         profile: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         client = self.host.get_client(profile)
         if not subscriptions:
             raise InvalidValue("no subscription given: use JID=STATE pairs")
         states = {parse_jid(jid, "subscriber"): state for jid, state in subscriptions.items()}
-        await self.set_node_subscriptions(client, parse_jid(service), node, states)
+        service_jid = parse_jid(service)
+        await self.set_node_subscriptions(client, service_jid, node, states)
+        return {
+            "service": self._target(client, service_jid), "node": node,
+            "subscriptions": subscriptions,
+        }
 
     async def _bridge_node_affiliations_get(
         self, service: str | None = None, node: str = "", profile: str | None = None,
@@ -1410,12 +1445,17 @@ class XEP_0060:
         node: str = "",
         affiliations: dict[str, str] | None = None,
         profile: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         client = self.host.get_client(profile)
         if not affiliations:
             raise InvalidValue("no affiliation given: use JID=AFFILIATION pairs")
         values = {parse_jid(jid, "entity"): value for jid, value in affiliations.items()}
-        await self.set_node_affiliations(client, parse_jid(service), node, values)
+        service_jid = parse_jid(service)
+        await self.set_node_affiliations(client, service_jid, node, values)
+        return {
+            "service": self._target(client, service_jid), "node": node,
+            "affiliations": affiliations,
+        }
 
     async def _bridge_features_get(
         self, service: str | None = None, profile: str | None = None,

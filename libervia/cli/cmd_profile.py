@@ -45,7 +45,17 @@ def add_commands(
         f"prompt on a terminal.",
     )
     create.add_argument("name", help="name of the new profile")
-    create.add_argument("-j", "--jid", required=True, help="bare JID of the account")
+    create.add_argument(
+        "-j", "--jid", required=True,
+        help="bare JID of the account, or the component's domain with --component",
+    )
+    create.add_argument(
+        "--component",
+        action="store_true",
+        help="connect as an XMPP component (XEP-0114) instead of a client: the JID is "
+        "the component's domain, the password the secret shared with the server, and "
+        "--host/--port name the server's component listener (default port: 5347)",
+    )
     create.add_argument("--host", help="XMPP server host name or address (default: the JID's domain)")
     create.add_argument("--port", type=positive_int, help="XMPP server port (default: 5222)")
     create.add_argument(
@@ -191,6 +201,8 @@ def _prompt_password(confirm: bool) -> str:
 def run_create(ctx: Context, args: argparse.Namespace) -> int:
     """Create a profile, then make it the default one with --default."""
     options: dict[str, Any] = {}
+    if args.component:
+        options["component"] = True
     if args.host:
         options["host"] = args.host
     if args.port:
@@ -222,7 +234,10 @@ def run_create(ctx: Context, args: argparse.Namespace) -> int:
         ctx.output.json({**result, "default": args.default})
     else:
         default = " (default profile)" if args.default else ""
-        ctx.output.line(f"profile {result['name']} created for {result['jid']}{default}")
+        kind = " (component)" if result.get("kind") == "component" else ""
+        ctx.output.line(
+            f"profile {result['name']} created for {result['jid']}{kind}{default}"
+        )
     return 0
 
 
@@ -239,6 +254,8 @@ def run_connect(ctx: Context, args: argparse.Namespace) -> int:
         ctx.output.json(result)
         return 0
     details = []
+    if result.get("kind") == "component":
+        details.append("component")
     if result.get("mechanism"):
         details.append(f"SASL {result['mechanism']}")
     if "tls" in result:
@@ -277,7 +294,13 @@ def run_list(ctx: Context, args: argparse.Namespace) -> int:
         )
         for profile in profiles
     ]
-    ctx.output.table(("name", "jid", "connected", "default"), rows)
+    header: tuple[str, ...] = ("name", "jid", "connected", "default")
+    # The kind column appears once a component profile exists, so that the
+    # usual list of client profiles keeps its layout.
+    if any(profile.get("kind") == "component" for profile in profiles):
+        header += ("kind",)
+        rows = [row + (profile.get("kind", "client"),) for row, profile in zip(rows, profiles)]
+    ctx.output.table(header, rows)
     return 0
 
 

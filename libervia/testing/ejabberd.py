@@ -228,6 +228,8 @@ class EjabberdServer:
         extra_config: top-level options added to ``ejabberd.yml``. They must
             not set an option this class writes, because the last one would
             silently win.
+        components: external components (XEP-0114) the server accepts, as
+            domain to shared secret; they connect to :attr:`component_port`.
     """
 
     host = "127.0.0.1"
@@ -241,6 +243,7 @@ class EjabberdServer:
         debug_log: bool = False,
         pubsub_db_type: PubsubDbType = "sql",
         extra_config: dict[str, Any] | None = None,
+        components: dict[str, str] | None = None,
     ) -> None:
         if pubsub_db_type not in ("sql", "mnesia"):
             raise ValueError(
@@ -260,6 +263,8 @@ class EjabberdServer:
         self._pending_accounts: dict[str, str] = {}
         self._port: int | None = None
         self._dist_port: int | None = None
+        self._components = dict(components or {})
+        self._component_port: int | None = None
         # Unique per instance, so that ejabberdctl reaches this node only.
         self._node = f"ejabberd-test-{secrets.token_hex(4)}@localhost"
         self._process: subprocess.Popen[bytes] | None = None
@@ -321,6 +326,17 @@ class EjabberdServer:
                 "this EjabberdServer was stopped and its temporary folder removed"
             )
         return self._dist_port
+
+    @property
+    def component_port(self) -> int:
+        """Port of the component listener on :attr:`host`, when created with ``components``."""
+        if not self._components:
+            raise RuntimeError("this EjabberdServer was created without components")
+        if self._component_port is None:
+            raise RuntimeError(
+                "this EjabberdServer was stopped and its temporary folder removed"
+            )
+        return self._component_port
 
     @property
     def config_path(self) -> Path:
@@ -425,6 +441,8 @@ class EjabberdServer:
 
         self._port = pick_free_port(self.host)
         self._dist_port = pick_free_port(self.host)
+        if self._components:
+            self._component_port = pick_free_port(self.host)
         if not self.ca_file.exists():
             generate_certificate(self._domain, self.ca_file, self.key_file)
         self.certfile.write_bytes(self.ca_file.read_bytes() + self.key_file.read_bytes())
@@ -498,7 +516,7 @@ class EjabberdServer:
             "hosts": [self._domain],
             "loglevel": "debug" if self._debug_log else "info",
             "certfiles": [str(self.certfile)],
-            "listen": [listener],
+            "listen": [listener] + self._component_listeners(),
             "auth_method": ["internal"],
             # Stored SCRAM hashes: ejabberd offers SCRAM-SHA-* and PLAIN.
             "auth_password_format": "scram",
@@ -529,6 +547,17 @@ class EjabberdServer:
         config.update(self._extra_config)
         return config
 
+    def _component_listeners(self) -> list[dict[str, Any]]:
+        """Return the ejabberd_service listener of the components, if any."""
+        if not self._components:
+            return []
+        return [{
+            "port": self._component_port,
+            "ip": self.host,
+            "module": "ejabberd_service",
+            "hosts": {domain: {"password": secret} for domain, secret in self._components.items()},
+        }]
+
     def _give_to_ejabberd(self) -> None:
         """Make the ejabberd user own the folder and everything in it."""
         if self._owner is None:
@@ -544,6 +573,8 @@ class EjabberdServer:
         """Pick new c2s and distribution ports and rewrite the configs."""
         self._port = pick_free_port(self.host)
         self._dist_port = pick_free_port(self.host)
+        if self._components:
+            self._component_port = pick_free_port(self.host)
         self._write_configs()
 
     # ejabberdctl
@@ -804,6 +835,7 @@ class EjabberdServer:
             self._workdir = None
             self._port = None
             self._dist_port = None
+            self._component_port = None
             self._pending_accounts = dict(self.accounts)
 
     def _reap(self) -> None:

@@ -145,6 +145,8 @@ class ProsodyServer:
             rejects a config that sets an option twice.
         direct_tls: also listen for TLS from the first byte (XEP-0368) on
             :attr:`direct_tls_port`.
+        components: external components (XEP-0114) the server accepts, as
+            domain to shared secret; they connect to :attr:`component_port`.
     """
 
     host = "127.0.0.1"
@@ -159,8 +161,11 @@ class ProsodyServer:
         debug_log: bool = False,
         extra_config: str = "",
         direct_tls: bool = False,
+        components: dict[str, str] | None = None,
     ) -> None:
         self._domain = domain
+        self._components = dict(components or {})
+        self._component_port: int | None = None
         self._direct_tls = direct_tls
         self._direct_tls_port: int | None = None
         self._owns_workdir = workdir is None
@@ -221,6 +226,17 @@ class ProsodyServer:
         return self._direct_tls_port
 
     @property
+    def component_port(self) -> int:
+        """Port of the component listener on :attr:`host`, when created with ``components``."""
+        if not self._components:
+            raise RuntimeError("this ProsodyServer was created without components")
+        if self._component_port is None:
+            raise RuntimeError(
+                "this ProsodyServer was stopped and its temporary folder removed"
+            )
+        return self._component_port
+
+    @property
     def config_path(self) -> Path:
         """Path of the generated Prosody configuration file."""
         return self.workdir / "prosody.cfg.lua"
@@ -267,6 +283,8 @@ class ProsodyServer:
         self._port = pick_free_port(self.host)
         if self._direct_tls:
             self._direct_tls_port = pick_free_port(self.host)
+        if self._components:
+            self._component_port = pick_free_port(self.host)
         if not self.ca_file.exists():
             generate_certificate(self._domain, self.ca_file, self.key_file)
         self._write_config()
@@ -280,6 +298,7 @@ class ProsodyServer:
             modules.append("tls")
         log_level = "debug" if self._debug_log else "info"
         direct_tls_ports = f"{{ {self._direct_tls_port} }}" if self._direct_tls else "{}"
+        component_ports = f"{{ {self._component_port} }}" if self._components else "{}"
 
         lines = [
             "-- Written by libervia.testing.prosody for a test server.",
@@ -299,7 +318,8 @@ class ProsodyServer:
             f"c2s_direct_tls_ports = {direct_tls_ports}",
             "legacy_ssl_ports = {}",
             "s2s_ports = {}",
-            "component_ports = {}",
+            f"component_ports = {component_ports}",
+            f"component_interfaces = {lua_list([self.host])}",
             "http_ports = {}",
             "https_ports = {}",
             "",
@@ -338,6 +358,12 @@ class ProsodyServer:
             f"    admins = {lua_list(self._admins)}",
             "",
         ]
+        for component, secret in self._components.items():
+            lines += [
+                f"Component {lua_string(component)}",
+                f"    component_secret = {lua_string(secret)}",
+                "",
+            ]
         self.config_path.write_text("\n".join(lines), encoding="utf-8")
 
     def _change_port(self, port: int) -> None:
@@ -509,6 +535,7 @@ class ProsodyServer:
             self._workdir = None
             self._port = None
             self._direct_tls_port = None
+            self._component_port = None
 
     def _reap(self) -> None:
         """Terminate the child process if it runs and wait for its exit."""

@@ -15,15 +15,17 @@ from twisted.internet import defer
 from libervia.backend import __version__
 from libervia.backend.bridge.server import BridgeServer
 from libervia.backend.core import paths, plugin_manager
+from libervia.backend.core.component import DEFAULT_COMPONENT_PORT, ComponentClient
 from libervia.backend.core.config import Config
 from libervia.backend.core.exceptions import (
+    ConfigError,
     InvalidValue,
     ProfileExists,
     ProfileNotConnected,
     ProfileNotFound,
 )
 from libervia.backend.core.trigger import TriggerManager
-from libervia.backend.core.xmpp import ConnectionOptions, XMPPClient
+from libervia.backend.core.xmpp import ConnectionOptions, XMPPClient, _parse_bool
 from libervia.backend.memory.sqla import Storage
 from libervia.backend.plugins.plugin_xep_0060 import parse_jid
 from libervia.backend.tools.aio import maybe_await
@@ -38,6 +40,17 @@ CONFIG_ONLY_OPTION_KEYS = (
     "connect_timeout", "iq_timeout", "reconnect_initial_delay", "reconnect_factor",
     "reconnect_max_delay", "reconnect_jitter",
 )
+#: Profile param set to true for an XMPP component (XEP-0114) profile. Unlike
+#: the keys above, the [xmpp] section cannot set it.
+COMPONENT_KEY = "component"
+#: Options that have no meaning on a component stream (no TLS, no SASL).
+CLIENT_ONLY_OPTION_KEYS = ("ca_file", "allow_plaintext", "direct_tls", "sasl_mechanisms")
+
+
+def is_component(params: dict[str, Any] | None) -> bool:
+    """Return whether a profile's params make it a component profile."""
+    value = (params or {}).get(COMPONENT_KEY)
+    return value is not None and _parse_bool(COMPONENT_KEY, value)
 
 
 class Backend:
@@ -104,10 +117,21 @@ class Backend:
             )
         return client
 
+    def plugins_for(self, client: XMPPClient) -> dict[str, Any]:
+        """Return the plugins whose PLUGIN_INFO "modes" include the client's mode."""
+        return {
+            name: plugin for name, plugin in self.plugins.items()
+            if client.mode in plugin_manager.plugin_modes(plugin)
+        }
+
     def get_plugin_handlers(self, client: XMPPClient) -> list[Any]:
-        """Collect the protocol handlers that plugins attach to a client's stream."""
+        """Collect the protocol handlers that plugins attach to a client's stream.
+
+        Plugins that do not support the client's mode (a presence plugin on a
+        component, for instance) attach nothing.
+        """
         handlers = []
-        for plugin in self.plugins.values():
+        for plugin in self.plugins_for(client).values():
             get_handler = getattr(plugin, "get_handler", None)
             if get_handler is None:
                 continue
@@ -123,7 +147,7 @@ class Backend:
         defer.ensureDeferred(self._notify_connected(client))
 
     async def _notify_connected(self, client: XMPPClient) -> None:
-        for name, plugin in self.plugins.items():
+        for name, plugin in self.plugins_for(client).items():
             hook = getattr(plugin, "profile_connected", None)
             if hook is None:
                 continue
@@ -166,13 +190,21 @@ class Backend:
         profile = await self.storage.get_profile(name)
         if profile is None:
             raise ProfileNotFound(f"profile {name!r} not found: see li profile list")
-        values: dict[str, Any] = {
-            key: self.config.get("xmpp", key)
-            for key in PROFILE_OPTION_KEYS + CONFIG_ONLY_OPTION_KEYS
-        }
-        values.update({k: v for k, v in (profile.params or {}).items() if v is not None})
+        params = {k: v for k, v in (profile.params or {}).items() if v is not None}
+        component = is_component(params)
+        params.pop(COMPONENT_KEY, None)
+        # The [xmpp] host, port and TLS settings describe the client server:
+        # a component takes only the timeouts and reconnection delays from it.
+        config_keys = (
+            CONFIG_ONLY_OPTION_KEYS if component else PROFILE_OPTION_KEYS + CONFIG_ONLY_OPTION_KEYS
+        )
+        values: dict[str, Any] = {key: self.config.get("xmpp", key) for key in config_keys}
+        values.update(params)
+        if component and values.get("port") in (None, ""):
+            values["port"] = DEFAULT_COMPONENT_PORT
         options = ConnectionOptions.from_mapping(values)
-        client = XMPPClient(
+        client_class = ComponentClient if component else XMPPClient
+        client = client_class(
             host=self,
             profile=name,
             profile_id=profile.id,
@@ -236,17 +268,7 @@ class Backend:
     ) -> dict[str, Any]:
         if not name or not isinstance(name, str) or "/" in name:
             raise InvalidValue(f"invalid profile name {name!r}: use a non-empty name without '/'")
-        jid_obj = parse_jid(jid, "profile")
-        if jid_obj is None or not jid_obj.user:
-            raise InvalidValue(f"invalid profile JID {jid!r}: use user@domain")
-        if not password:
-            raise InvalidValue(f"profile {name}: the password is empty")
-        options = dict(options or {})
-        unknown = set(options) - set(PROFILE_OPTION_KEYS)
-        if unknown:
-            raise InvalidValue(
-                f"unknown profile options {sorted(unknown)}: use {', '.join(PROFILE_OPTION_KEYS)}"
-            )
+        jid_obj, options, component = _check_profile_values(name, jid, password, options)
         ConnectionOptions.from_mapping(options)  # validates
         if await self.storage.get_profile(name) is not None:
             raise ProfileExists(f"profile {name!r} already exists")
@@ -255,8 +277,10 @@ class Backend:
         if default or self.default_profile is None:
             await self.storage.set_default_profile(name)
             self.default_profile = name
-        log.info("profile %s created for %s", name, profile.jid)
-        return {"name": profile.name, "jid": profile.jid}
+        log.info(
+            "profile %s created for %s%s", name, profile.jid, " (component)" if component else "",
+        )
+        return {"name": profile.name, "jid": profile.jid, "kind": _kind(component)}
 
     async def _profile_list(self) -> list[dict[str, Any]]:
         profiles = await self.storage.list_profiles()
@@ -266,6 +290,7 @@ class Backend:
                 "jid": p.jid,
                 "connected": p.name in self.clients and self.clients[p.name].connected,
                 "default": p.name == self.default_profile,
+                "kind": _kind(is_component(p.params)),
             }
             for p in profiles
         ]
@@ -291,7 +316,10 @@ class Backend:
         self, name: str | None = None, password: str | None = None,
     ) -> dict[str, Any]:
         client = await self.connect_profile(name, password)
-        return {"jid": client.jid.full(), "mechanism": client.sasl_mechanism, "tls": client.tls}
+        return {
+            "jid": client.jid.full(), "mechanism": client.sasl_mechanism, "tls": client.tls,
+            "kind": client.mode,
+        }
 
     async def _profile_disconnect(self, name: str | None = None) -> None:
         await self.disconnect_profile(name)
@@ -302,3 +330,51 @@ class Backend:
         if client is None:
             raise ProfileNotConnected(f"profile {name} is not connected")
         return dict(client.stream_stats)
+
+
+def _kind(component: bool) -> str:
+    """Return the profile kind shown by profile_list: "component" or "client"."""
+    return "component" if component else "client"
+
+def _check_profile_values(
+    name: str, jid: str, password: str, options: dict[str, Any] | None,
+) -> tuple[Any, dict[str, Any], bool]:
+    """Validate a new profile's JID, password and options; raise InvalidValue on a bad one.
+
+    Returns the parsed JID, the options to store (``component`` set to True
+    for a component, absent otherwise) and whether it is a component.
+    """
+    options = dict(options or {})
+    unknown = set(options) - set(PROFILE_OPTION_KEYS) - {COMPONENT_KEY}
+    if unknown:
+        raise InvalidValue(
+            f"unknown profile options {sorted(unknown)}: use "
+            f"{', '.join(PROFILE_OPTION_KEYS + (COMPONENT_KEY,))}"
+        )
+    try:
+        component = is_component(options)
+    except ConfigError as e:
+        raise InvalidValue(str(e)) from None
+
+    jid_obj = parse_jid(jid, "profile")
+    if component:
+        if jid_obj is None or jid_obj.user or jid_obj.resource:
+            raise InvalidValue(
+                f"invalid component JID {jid!r}: use a domain such as comp.example.org"
+            )
+        misplaced = sorted(set(options) & set(CLIENT_ONLY_OPTION_KEYS))
+        if misplaced:
+            raise InvalidValue(
+                f"options {', '.join(misplaced)} do not apply to a component, "
+                "which has neither TLS nor SASL"
+            )
+        options[COMPONENT_KEY] = True
+    else:
+        options.pop(COMPONENT_KEY, None)
+        if jid_obj is None or not jid_obj.user:
+            raise InvalidValue(f"invalid profile JID {jid!r}: use user@domain")
+
+    if not password:
+        what = "shared secret (password)" if component else "password"
+        raise InvalidValue(f"profile {name}: the {what} is empty")
+    return jid_obj, options, component

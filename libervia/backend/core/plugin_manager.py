@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -122,6 +123,16 @@ def load_order(modules: dict[str, ModuleType]) -> list[str]:
     for name in sorted(modules):
         visit(name, ())
     return order
+
+
+def plugin_modes(plugin: Any) -> tuple[str, ...]:
+    """Return the connection modes a loaded plugin supports ("client", "component").
+
+    A plugin whose ``PLUGIN_INFO`` has no ``modes`` supports clients only.
+    """
+    module = sys.modules.get(type(plugin).__module__)
+    info = getattr(module, "PLUGIN_INFO", None) or {}
+    return tuple(info.get("modes") or ("client",))
 
 
 def load_plugins(host: Any, modules: dict[str, ModuleType] | None = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from libervia.backend.tools import wokkel_compat  # noqa: F401  (before wokkel)
 
@@ -313,6 +313,10 @@ class XMPPClient:
     mechanism of the current stream and ``tls`` is True when the stream is
     encrypted.
     """
+
+    #: "client", or "component" for :class:`~libervia.backend.core.component.ComponentClient`;
+    #: plugins whose PLUGIN_INFO "modes" lack it attach nothing to the connection.
+    mode: ClassVar[str] = "client"
 
     host: Any
     profile: str

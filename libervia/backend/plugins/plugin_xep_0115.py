@@ -45,7 +45,9 @@ PLUGIN_INFO = {
     "dependencies": [],
     "recommendations": [],
     "main": "XEP_0115",
-    "modes": ["client", "component"],
+    # A component sends no presence to carry caps, and its disco identity
+    # would not be this client's one.
+    "modes": ["client"],
     "description": "Entity capabilities (XEP-0115) and disco#info answers for the client",
 }
 

@@ -125,7 +125,9 @@ def ejabberd() -> Iterator[EjabberdServer]:
     try:
         # The ejabberd user cannot enter pytest's folders when running as
         # root, so the server gets its own temporary folder.
-        server = EjabberdServer(domain=domain, admins=[f"{PUBSUB_ADMIN}@{domain}"])
+        server = EjabberdServer(
+            domain=domain, admins=[f"{PUBSUB_ADMIN}@{domain}"], direct_tls=True
+        )
         for user, password in PROSODY_ACCOUNTS.items():
             server.register(user, password)
         server.start()

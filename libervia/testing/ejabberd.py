@@ -230,6 +230,8 @@ class EjabberdServer:
             silently win.
         components: external components (XEP-0114) the server accepts, as
             domain to shared secret; they connect to :attr:`component_port`.
+        direct_tls: also listen for TLS from the first byte (XEP-0368) on
+            :attr:`direct_tls_port`.
     """
 
     host = "127.0.0.1"
@@ -244,6 +246,7 @@ class EjabberdServer:
         pubsub_db_type: PubsubDbType = "sql",
         extra_config: dict[str, Any] | None = None,
         components: dict[str, str] | None = None,
+        direct_tls: bool = False,
     ) -> None:
         if pubsub_db_type not in ("sql", "mnesia"):
             raise ValueError(
@@ -265,6 +268,8 @@ class EjabberdServer:
         self._dist_port: int | None = None
         self._components = dict(components or {})
         self._component_port: int | None = None
+        self._direct_tls = direct_tls
+        self._direct_tls_port: int | None = None
         # Unique per instance, so that ejabberdctl reaches this node only.
         self._node = f"ejabberd-test-{secrets.token_hex(4)}@localhost"
         self._process: subprocess.Popen[bytes] | None = None
@@ -337,6 +342,17 @@ class EjabberdServer:
                 "this EjabberdServer was stopped and its temporary folder removed"
             )
         return self._component_port
+
+    @property
+    def direct_tls_port(self) -> int:
+        """Direct TLS c2s port on :attr:`host`, when created with ``direct_tls``."""
+        if not self._direct_tls:
+            raise RuntimeError("this EjabberdServer was created without direct_tls")
+        if self._direct_tls_port is None:
+            raise RuntimeError(
+                "this EjabberdServer was stopped and its temporary folder removed"
+            )
+        return self._direct_tls_port
 
     @property
     def config_path(self) -> Path:
@@ -443,6 +459,8 @@ class EjabberdServer:
         self._dist_port = pick_free_port(self.host)
         if self._components:
             self._component_port = pick_free_port(self.host)
+        if self._direct_tls:
+            self._direct_tls_port = pick_free_port(self.host)
         if not self.ca_file.exists():
             generate_certificate(self._domain, self.ca_file, self.key_file)
         self.certfile.write_bytes(self.ca_file.read_bytes() + self.key_file.read_bytes())
@@ -516,7 +534,7 @@ class EjabberdServer:
             "hosts": [self._domain],
             "loglevel": "debug" if self._debug_log else "info",
             "certfiles": [str(self.certfile)],
-            "listen": [listener] + self._component_listeners(),
+            "listen": [listener] + self._direct_tls_listeners() + self._component_listeners(),
             "auth_method": ["internal"],
             # Stored SCRAM hashes: ejabberd offers SCRAM-SHA-* and PLAIN.
             "auth_password_format": "scram",
@@ -547,6 +565,18 @@ class EjabberdServer:
         config.update(self._extra_config)
         return config
 
+    def _direct_tls_listeners(self) -> list[dict[str, Any]]:
+        """Return the c2s listener with TLS from the first byte, if requested."""
+        if not self._direct_tls:
+            return []
+        return [{
+            "port": self._direct_tls_port,
+            "ip": self.host,
+            "module": "ejabberd_c2s",
+            "tls": True,
+            "max_stanza_size": 10_000_000,
+        }]
+
     def _component_listeners(self) -> list[dict[str, Any]]:
         """Return the ejabberd_service listener of the components, if any."""
         if not self._components:
@@ -575,6 +605,8 @@ class EjabberdServer:
         self._dist_port = pick_free_port(self.host)
         if self._components:
             self._component_port = pick_free_port(self.host)
+        if self._direct_tls:
+            self._direct_tls_port = pick_free_port(self.host)
         self._write_configs()
 
     # ejabberdctl
@@ -836,6 +868,7 @@ class EjabberdServer:
             self._port = None
             self._dist_port = None
             self._component_port = None
+            self._direct_tls_port = None
             self._pending_accounts = dict(self.accounts)
 
     def _reap(self) -> None:

@@ -358,7 +358,12 @@ class EjabberdServerLifecycleTests:
     def test_listens_on_loopback_only(self, ejabberd: EjabberdServer) -> None:
         assert ejabberd.pid is not None
         addresses = listening_addresses(ejabberd.pid)
-        expected = {("127.0.0.1", ejabberd.port), ("127.0.0.1", ejabberd.dist_port)}
+        expected = {
+            ("127.0.0.1", ejabberd.port),
+            ("127.0.0.1", ejabberd.dist_port),
+            # The session fixture also opens a direct TLS listener.
+            ("127.0.0.1", ejabberd.direct_tls_port),
+        }
         assert addresses == expected
 
     def test_status_started(self, ejabberd: EjabberdServer) -> None:

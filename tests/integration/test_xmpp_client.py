@@ -242,6 +242,19 @@ class TlsTests:
         assert out["tls"] is True
         assert out["mechanism"] == "SCRAM-SHA-1"
 
+    def test_direct_tls_ejabberd(self, backend, ejabberd):
+        name = _create(backend, ejabberd, "--direct-tls", port=ejabberd.direct_tls_port)
+        out = backend.li_json("profile", "connect", name)
+        assert out["tls"] is True
+        assert out["mechanism"].startswith("SCRAM-SHA-")
+
+    def test_direct_tls_untrusted_certificate_ejabberd(self, backend, ejabberd):
+        port = ejabberd.direct_tls_port
+        name = _create(backend, ejabberd, "--direct-tls", port=port, ca_file=False)
+        line = _connect_error(backend, name)
+        assert f"TLS with {ejabberd.host}:{port} failed" in line
+        assert "certificate verify failed" in line
+
     def test_direct_tls_untrusted_certificate(self, backend, own_prosody):
         port = own_prosody.direct_tls_port
         name = _create(backend, own_prosody, "--direct-tls", port=port, ca_file=False)

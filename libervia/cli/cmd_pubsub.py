@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import re
 from typing import Any
 from xml.dom import minidom
 from xml.parsers.expat import ExpatError
@@ -14,6 +16,7 @@ from libervia.cli.common import (
     positive_int,
     read_stdin,
 )
+from libervia.cli.bridge_client import BridgeTimeout
 from libervia.cli.output import format_date
 
 
@@ -28,6 +31,121 @@ def non_negative_int(text: str) -> int:
     return value
 
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+
+# Units of relative dates ("-7 days"), in seconds.
+DATE_UNITS = {
+    "s": 1, "sec": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+    "w": 604800, "week": 604800, "weeks": 604800,
+}
+RELATIVE_DATE = re.compile(r"([+-])\s*(\d+)\s*([a-z]+)|(\d+)\s*([a-z]+)\s+ago")
+
+
+def parse_date(text: str) -> str:
+    """Parse a date option into an ISO 8601 UTC time (argparse type).
+
+    Accepts ``now``, a relative time such as ``-7 days``, ``-2h``, ``3 weeks
+    ago`` or ``+1 day`` (units s, m, h, d, w and their English names), or ISO
+    8601 such as ``2024-05-01`` or ``2024-05-01T12:00:00+02:00``. An ISO time
+    without a UTC offset is read in the local time zone.
+    """
+    value = text.strip().lower()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if value == "now":
+        return now.isoformat()
+    relative = RELATIVE_DATE.fullmatch(value)
+    if relative:
+        sign, amount, unit, ago_amount, ago_unit = relative.groups()
+        if ago_amount is not None:
+            sign, amount, unit = "-", ago_amount, ago_unit
+        if unit not in DATE_UNITS:
+            raise argparse.ArgumentTypeError(
+                f"invalid date {text!r}: unknown unit {unit!r}, use one of s, m, h, d, w "
+                f"(or seconds, minutes, hours, days, weeks)"
+            )
+        delta = datetime.timedelta(seconds=int(amount) * DATE_UNITS[unit])
+        return (now - delta if sign == "-" else now + delta).isoformat()
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid date {text!r}: use ISO 8601 (2024-05-01 or 2024-05-01T12:00:00+02:00), "
+            f"a relative time (-7 days, -2h, 3 weeks ago) or now"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return moment.astimezone(datetime.timezone.utc).isoformat()
+
+
+def format_size(size: int | None) -> str:
+    """Format a number of bytes with a binary unit (KiB, MiB...)."""
+    if size is None:
+        return "unknown"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def add_cache_filter_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options selecting cached nodes: profiles, services, nodes, types and dates."""
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-P", "--profiles", action="extend", nargs="+", metavar="PROFILE",
+        help="act on these profiles (default: the profile of -p)",
+    )
+    scope.add_argument(
+        "-a", "--all-profiles", action="store_true", help="act on every profile"
+    )
+    parser.add_argument(
+        "-s", "--service", dest="services", action="extend", nargs="+", metavar="JID",
+        help="only nodes of these pubsub services (default: every service)",
+    )
+    parser.add_argument(
+        "-n", "--node", dest="nodes", action="extend", nargs="+", metavar="NODE",
+        help="only nodes with these names",
+    )
+    parser.add_argument(
+        "-t", "--type", dest="types", action="extend", nargs="+", metavar="TYPE",
+        help="only nodes of these types, as set by their analyser (e.g. blog)",
+    )
+    parser.add_argument(
+        "-S", "--subtype", dest="subtypes", action="extend", nargs="+", metavar="SUBTYPE",
+        help="only nodes of these subtypes",
+    )
+    parser.add_argument(
+        "--created-before", type=parse_date, metavar="DATE",
+        help="only nodes whose oldest cached item was stored before DATE (ISO 8601, "
+        "or relative: -7 days, -2h)",
+    )
+    parser.add_argument(
+        "--updated-before", type=parse_date, metavar="DATE",
+        help="only nodes of which nothing changed since DATE (ISO 8601, or relative)",
+    )
+
+
+def cache_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the node filters of the options added by add_cache_filter_options."""
+    filters = {
+        key: getattr(args, key)
+        for key in ("services", "nodes", "types", "subtypes", "created_before", "updated_before")
+    }
+    return {key: value for key, value in filters.items() if value}
+
+
+def call_cache_admin(ctx: Context, args: argparse.Namespace, method: str) -> Any:
+    """Call a cache administration method on the profiles selected by the options.
+
+    With -P or -a, the ``_all_profiles`` variant of ``method`` is called.
+    """
+    filters = cache_filters(args)
+    if args.all_profiles or args.profiles:
+        return ctx.call(f"{method}_all_profiles", profiles=args.profiles, **filters)
+    return ctx.call(method, profile=ctx.profile, **filters)
 
 
 def add_service_node_options(
@@ -235,9 +353,44 @@ def add_commands(
         "reset",
         help="remove a node and its items from the cache; the next get syncs it again",
         parents=[common],
+        description="Remove a node (-s SERVICE -n NODE) or the nodes matching the filters "
+        "from the cache, with their items. The next get of a removed node goes to the "
+        "service and analyses the node again.",
     )
-    add_service_node_options(cache_reset, node_required=True)
+    add_cache_filter_options(cache_reset)
     cache_reset.set_defaults(handler=run_cache_reset)
+
+    cache_sync = cache_commands.add_parser(
+        "sync",
+        help="synchronise a node now, or again, and wait for the end",
+        parents=[common],
+        description="Start the sync of a node (analysing it first when it is not cached "
+        "yet) and wait until it ends. A sync that is already running is waited for.",
+    )
+    add_service_node_options(cache_sync, node_required=True)
+    cache_sync.add_argument(
+        "--no-wait", action="store_true", help="return once the sync is started"
+    )
+    cache_sync.set_defaults(handler=run_cache_sync)
+
+    cache_purge = cache_commands.add_parser(
+        "purge",
+        help="delete the cached nodes matching the filters, with their items",
+        parents=[common],
+        description="Delete from the cache every node matching all the filters, with all "
+        "its items. Without filters, the profile's whole cache is deleted. The next get "
+        "of a deleted node goes to the service and analyses the node again.",
+    )
+    add_cache_filter_options(cache_purge)
+    cache_purge.set_defaults(handler=run_cache_purge)
+
+    cache_stats = cache_commands.add_parser(
+        "stats",
+        help="count cached nodes and items, with the database size and cache hits",
+        parents=[common],
+    )
+    add_cache_filter_options(cache_stats)
+    cache_stats.set_defaults(handler=run_cache_stats)
 
 
 def build_item(payload: str, item_id: str | None) -> str:
@@ -416,16 +569,123 @@ def run_cache_get(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def run_cache_reset(ctx: Context, args: argparse.Namespace) -> int:
-    """Remove a node from the cache."""
-    result = ctx.call(
-        "ps_cache_reset", service=args.service, node=args.node, profile=ctx.profile
+    """Remove a node, or the nodes matching the filters, from the cache."""
+    filters = cache_filters(args)
+    services = filters.pop("services", [])
+    nodes = filters.pop("nodes", [])
+    one_node = (
+        len(nodes) == 1 and len(services) <= 1 and not filters
+        and not args.profiles and not args.all_profiles
     )
+    if one_node:
+        result = ctx.call(
+            "ps_cache_reset", service=services[0] if services else None, node=nodes[0],
+            profile=ctx.profile,
+        )
+        if ctx.output.is_json:
+            ctx.output.json(result)
+        else:
+            ctx.output.line(
+                f"node {result['node']} of {result['service']} removed from the cache"
+            )
+        return 0
+    if not cache_filters(args):
+        raise CliError(
+            "name the node to reset with -n NODE, or select nodes with filters; "
+            "li pubsub cache purge deletes a profile's whole cache"
+        )
+    return run_cache_purge(ctx, args)
+
+
+def run_cache_sync(ctx: Context, args: argparse.Namespace) -> int:
+    """Start the sync of a node and, unless --no-wait, wait for its end signal."""
+    result = ctx.call(
+        "ps_cache_sync", service=args.service, node=args.node, profile=ctx.profile
+    )
+    what = f"node {result['node']} of {result['service']}"
+    if args.no_wait:
+        if ctx.output.is_json:
+            ctx.output.json({**result, "sync_state": "IN_PROGRESS"})
+        else:
+            ctx.output.line(f"sync of {what} started")
+        return 0
+
+    if ctx.output.styled:
+        with ctx.output.console.status(f"synchronising {what}"):
+            end = wait_sync_end(ctx, result)
+    else:
+        end = wait_sync_end(ctx, result)
+    if end.get("state") == "REMOVED":
+        raise CliError(f"sync of {what} stopped: the node was removed from the cache meanwhile")
+    if end.get("state") != "COMPLETED":
+        raise CliError(f"sync of {what} failed: {end.get('error') or end.get('state')}")
+    if ctx.output.is_json:
+        ctx.output.json({**result, "sync_state": end["state"], "items": end.get("items")})
+    else:
+        ctx.output.line(f"{what} synchronised: {end.get('items')} item(s) cached")
+    return 0
+
+
+def wait_sync_end(ctx: Context, node: dict[str, Any]) -> dict[str, Any]:
+    """Wait for the ``ps_cache_sync`` signal of a node; return its arguments.
+
+    Raises CliError when no signal comes within the --timeout.
+    """
+    try:
+        for name, signal in ctx.bridge.iter_signals(timeout=ctx.timeout):
+            if name != "ps_cache_sync":
+                continue
+            if all(signal.get(key) == node[key] for key in ("profile", "service", "node")):
+                return signal
+    except BridgeTimeout:
+        raise CliError(
+            f"the sync of node {node['node']} of {node['service']} did not end within "
+            f"{ctx.timeout:g} s; it goes on in the daemon: see li pubsub cache get, or "
+            f"wait longer with --timeout"
+        ) from None
+    raise AssertionError("iter_signals only ends by raising")
+
+
+def run_cache_purge(ctx: Context, args: argparse.Namespace) -> int:
+    """Delete the cached nodes matching the filters, and print them."""
+    result = call_cache_admin(ctx, args, "ps_cache_purge")
     if ctx.output.is_json:
         ctx.output.json(result)
-    else:
-        ctx.output.line(
-            f"node {result['node']} of {result['service']} removed from the cache"
-        )
+        return 0
+    rows = [(node["profile"], node["service"], node["node"]) for node in result["nodes"]]
+    if rows:
+        ctx.output.table(("profile", "service", "node"), rows)
+    ctx.output.line(
+        f"{result['node_count']} node(s) and {result['item_count']} item(s) deleted "
+        f"from the cache"
+    )
+    return 0
+
+
+def run_cache_stats(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the cache's node and item counts, database size, hits and misses."""
+    result = call_cache_admin(ctx, args, "ps_cache_stats")
+    if ctx.output.is_json:
+        ctx.output.json(result)
+        return 0
+    rows = [
+        (group["sync_state"], group["type"] or "", group["subtype"] or "", group["nodes"],
+         group["items"])
+        for group in result["groups"]
+    ]
+    ctx.output.table(("sync state", "type", "subtype", "nodes", "items"), rows)
+    database = result["database"]
+    ctx.output.line()
+    ctx.output.fields(
+        [
+            ("profiles", ", ".join(result["profiles"])),
+            ("nodes", result["nodes"]["total"]),
+            ("items", result["items"]["total"]),
+            ("database size", f"{format_size(database['size'])} ({database['engine']})"),
+            ("cache hits", result["hits"]),
+            ("cache misses", result["misses"]),
+        ]
+    )
     return 0
 
 

@@ -88,7 +88,7 @@ class Backend:
             await self.disconnect_profile(name)
         cache = self.plugins.get("PUBSUB_CACHE")
         if cache is not None:
-            await cache.wait_syncs()
+            await cache.stop()
         await self.bridge.stop()
         await self.storage.close()
         log.info("backend stopped")

@@ -27,7 +27,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from sqlalchemy import (
     literal_column,
     select,
     table,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import URL, make_url
@@ -299,6 +300,18 @@ def _items_request_selects(
     if max_items is not None and max_items < 0:
         raise InvalidValue(f"max_items must be 0 or more, not {max_items}")
     return max_items != 0 and (item_ids is None or bool(item_ids))
+
+
+@dataclass
+class ItemsPage:
+    """One page of cached items and its place in the node (see get_pubsub_items_page)."""
+
+    xmls: list[str]
+    item_ids: list[str]
+    #: Position of the page's first item in the whole ordered set.
+    first_index: int
+    #: Number of items of the node.
+    count: int
 
 
 class Storage:
@@ -938,6 +951,106 @@ class Storage:
         return query.order_by(order_column.desc(), PubsubItem.id.desc()).limit(max_items)
 
     @aio
+    async def get_pubsub_items_page(
+        self,
+        node_id: int,
+        max_items: int | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        index: int | None = None,
+        order_by: str = "created",
+    ) -> ItemsPage | None:
+        """Return one page of a node's items, as a XEP-0059 (RSM) service would.
+
+        The whole set is the node's items in ascending order of ``order_by``
+        (created or updated), ties broken by row id. ``after`` and ``before``
+        are item ids: the page holds the items following or preceding that
+        item. ``before=""`` asks for the last page, ``index`` for the page
+        starting at that position (an index beyond the set gives an empty
+        page). Without a position the page starts at the first item. With
+        ``max_items`` the page holds at most that many items (0: none, only
+        the count). Items come in ascending order.
+
+        Returns None when ``after`` or ``before`` names an item that is not
+        in the node. Raises InvalidValue on a negative ``max_items`` or
+        ``index``, several positions, or an unknown ``order_by``.
+        """
+        _items_request_selects(max_items, None, order_by)
+        positions = [value for value in (after, before, index) if value is not None]
+        if len(positions) > 1:
+            raise InvalidValue("after, before and index exclude each other: give only one")
+        if index is not None and index < 0:
+            raise InvalidValue(f"index must be 0 or more, not {index}")
+        order_column = getattr(PubsubItem, order_by)
+        # Keyset pagination: the page boundary is the (order column, id) pair
+        # of the cursor item, which the (node_id, created|updated, id) indexes
+        # serve without an offset scan.
+        key = tuple_(order_column, PubsubItem.id)
+        query = select(PubsubItem.data, PubsubItem.name).where(PubsubItem.node_id == node_id)
+        try:
+            async with self.engine.connect() as connection:
+                count = (await connection.execute(self._count_query(node_id))).scalar() or 0
+                cursor_row = None
+                cursor = after if after is not None else before or None
+                if cursor is not None:
+                    cursor_row = (
+                        await connection.execute(
+                            select(order_column, PubsubItem.id).where(
+                                PubsubItem.node_id == node_id, PubsubItem.name == cursor
+                            )
+                        )
+                    ).one_or_none()
+                    if cursor_row is None:
+                        return None
+                    cursor_key = tuple_(*cursor_row)
+
+                backward = before is not None
+                if after is not None:
+                    query = query.where(key > cursor_key)
+                elif cursor_row is not None:
+                    query = query.where(key < cursor_key)
+                if backward:
+                    query = query.order_by(order_column.desc(), PubsubItem.id.desc())
+                else:
+                    query = query.order_by(order_column, PubsubItem.id)
+                if index:
+                    query = query.offset(index)
+                if max_items is not None:
+                    query = query.limit(max_items)
+                rows = [] if max_items == 0 else list(await connection.execute(query))
+
+                if backward:
+                    rows.reverse()
+                    # Items strictly before the cursor (all items for the
+                    # last page), minus the page itself.
+                    preceding = count
+                    if cursor_row is not None:
+                        preceding = (
+                            await connection.execute(
+                                self._count_query(node_id).where(key < cursor_key)
+                            )
+                        ).scalar() or 0
+                    first_index = preceding - len(rows)
+                elif after is not None:
+                    first_index = (
+                        await connection.execute(
+                            self._count_query(node_id).where(key <= cursor_key)
+                        )
+                    ).scalar() or 0
+                else:
+                    first_index = index or 0
+        except DBAPIError as exc:
+            raise StorageError(
+                f"database {self.display_name} operation failed: {exc.orig}"
+            ) from exc
+        return ItemsPage(
+            xmls=[row.data for row in rows],
+            item_ids=[row.name for row in rows],
+            first_index=first_index,
+            count=count,
+        )
+
+    @aio
     async def count_pubsub_items(self, node_id: int) -> int:
         """Return the number of cached items of a node."""
         async with self._session() as session:
@@ -1015,3 +1128,155 @@ class Storage:
         if node_id is not None:
             query = query.where(PubsubItem.node_id == node_id)
         return query.order_by(PubsubItem.updated.desc(), PubsubItem.id.desc()).limit(limit)
+
+    # Administration of the pubsub cache.
+
+    @staticmethod
+    def _cache_admin_conditions(**filters: Any) -> list[ColumnElement[bool]]:
+        """Build the conditions selecting the cached nodes that match every filter given.
+
+        Filters (a None or empty filter matches every node):
+
+        - ``profile_ids``, ``services``, ``names``, ``types``, ``subtypes``:
+          sequences of accepted values of the node columns;
+        - ``created_before``: aware datetime; the node's oldest cached item
+          was stored before it, or, for a node without items, its sync state
+          last changed before it;
+        - ``updated_before``: aware datetime; nothing of the node changed
+          since: its sync state and every cached item were last written
+          before it.
+
+        Raises InvalidValue on an unknown filter or a naive datetime.
+        """
+        columns = {
+            "profile_ids": PubsubNode.profile_id,
+            "services": PubsubNode.service,
+            "names": PubsubNode.name,
+            "types": PubsubNode.type_,
+            "subtypes": PubsubNode.subtype,
+        }
+        unknown = set(filters) - set(columns) - {"created_before", "updated_before"}
+        if unknown:
+            raise InvalidValue(
+                f"unknown pubsub cache filter(s) {', '.join(sorted(unknown))}: use "
+                f"{', '.join(sorted(columns))}, created_before or updated_before"
+            )
+        conditions: list[ColumnElement[bool]] = []
+        for key, column_ in columns.items():
+            values = filters.get(key)
+            if values:
+                conditions.append(column_.in_(list(values)))
+
+        for key in ("created_before", "updated_before"):
+            moment = filters.get(key)
+            if moment is not None and (not isinstance(moment, datetime) or moment.tzinfo is None):
+                raise InvalidValue(f"{key} must be an aware datetime, not {moment!r}")
+
+        def items_of_node(*conditions_: ColumnElement[bool]) -> ColumnElement[bool]:
+            return (
+                select(PubsubItem.id)
+                .where(PubsubItem.node_id == PubsubNode.id, *conditions_)
+                .exists()
+            )
+
+        created_before = filters.get("created_before")
+        if created_before is not None:
+            conditions.append(
+                items_of_node(PubsubItem.created < created_before)
+                | (~items_of_node() & (PubsubNode.sync_state_updated < created_before))
+            )
+        updated_before = filters.get("updated_before")
+        if updated_before is not None:
+            conditions.append(
+                (
+                    PubsubNode.sync_state_updated.is_(None)
+                    | (PubsubNode.sync_state_updated < updated_before)
+                )
+                & ~items_of_node(PubsubItem.updated >= updated_before)
+            )
+        return conditions
+
+    @aio
+    async def find_pubsub_nodes(self, **filters: Any) -> list[PubsubNode]:
+        """Return the cached nodes of every profile matching ``filters``, by id.
+
+        See :meth:`_cache_admin_conditions` for the filters.
+        """
+        conditions = self._cache_admin_conditions(**filters)
+        query = select(PubsubNode).where(*conditions).order_by(PubsubNode.id)
+        async with self._session() as session:
+            return list(await session.scalars(query))
+
+    @aio
+    async def delete_pubsub_nodes(self, node_ids: Sequence[int]) -> tuple[int, int]:
+        """Delete cached nodes with their items; return the numbers of nodes and items deleted.
+
+        Unknown ids are ignored.
+        """
+        if not node_ids:
+            return 0, 0
+        ids = list(node_ids)
+        async with self._session(write=True) as session:
+            items = await session.scalar(
+                select(func.count()).select_from(PubsubItem).where(PubsubItem.node_id.in_(ids))
+            )
+            # The items go with their node (ON DELETE CASCADE).
+            result = await session.execute(delete(PubsubNode).where(PubsubNode.id.in_(ids)))
+        return result.rowcount, items or 0
+
+    @aio
+    async def count_pubsub_cache(self, **filters: Any) -> list[dict[str, Any]]:
+        """Count the cached nodes and items matching ``filters`` per sync state, type and subtype.
+
+        Returns one dict per group with the keys ``sync_state`` (a SyncState
+        or None), ``type``, ``subtype``, ``nodes`` and ``items``. See
+        :meth:`_cache_admin_conditions` for the filters.
+        """
+        conditions = self._cache_admin_conditions(**filters)
+        query = (
+            select(
+                PubsubNode.sync_state,
+                PubsubNode.type_,
+                PubsubNode.subtype,
+                func.count(PubsubNode.id.distinct()),
+                func.count(PubsubItem.id),
+            )
+            .select_from(PubsubNode)
+            .outerjoin(PubsubItem, PubsubItem.node_id == PubsubNode.id)
+            .where(*conditions)
+            .group_by(PubsubNode.sync_state, PubsubNode.type_, PubsubNode.subtype)
+        )
+        async with self._session() as session:
+            rows = (await session.execute(query)).all()
+        return [
+            {"sync_state": state, "type": type_, "subtype": subtype, "nodes": nodes,
+             "items": items}
+            for state, type_, subtype, nodes, items in rows
+        ]
+
+    @aio
+    async def get_database_size(self) -> int | None:
+        """Return the size of the database in bytes, None for an in-memory SQLite database.
+
+        For an SQLite file, it is the size of the file and of its write-ahead
+        log (``-wal`` file), which holds committed data not yet copied into
+        the file. For PostgreSQL, it is ``pg_database_size`` of the current
+        database.
+        """
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            async with self._session() as session:
+                return await session.scalar(
+                    select(func.pg_database_size(func.current_database()))
+                )
+        path = self.sqlite_path
+        if path is None:
+            return None
+        size = 0
+        for file_path in (path, path.with_name(f"{path.name}-wal")):
+            try:
+                size += file_path.stat().st_size
+            except FileNotFoundError:
+                # SQLite removes the WAL file when the last connection closes.
+                pass
+        return size

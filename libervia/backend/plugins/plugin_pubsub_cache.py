@@ -5,14 +5,17 @@ of a node never seen before come from the network, the analysers are matched
 against the node name and the payload namespace of the items received (so
 analysing costs no extra request), and the result is stored with the node. A
 node whose analyser sets ``to_sync`` is synchronised in the background:
-subscribe, fetch every item, store the items with their parsed data, then mark
-the node COMPLETED. From then on the ``XEP-0060_get_items`` trigger answers
+subscribe, fetch every item (by RSM pages when the service pages), store the
+items with their parsed data, then mark the node COMPLETED. From then on the ``XEP-0060_get_items`` trigger answers
 requests for that node from storage, and notifications keep it exact.
 
 What the cache promises: a node is served from storage only in the COMPLETED
 state; requests arriving while a node is IN_PROGRESS, in ERROR or not synced
 go to the network unchanged; ``extra={"use_cache": False}`` or the config
-``[pubsub_cache] strategy = no_cache`` always go to the network.
+``[pubsub_cache] strategy = no_cache`` always go to the network. A COMPLETED
+node serves all items, the newest ``max_items``, item ids and RSM pages
+(XEP-0059) in creation or modification order; in its RSM answers ``first``
+and ``last`` are item ids. Other request shapes go to the network.
 """
 
 from __future__ import annotations
@@ -28,8 +31,15 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from libervia.backend.core import constants as C
-from libervia.backend.core.exceptions import InvalidValue, NotFound
+from libervia.backend.core.exceptions import (
+    InvalidValue,
+    NotFound,
+    PubsubBadRequest,
+    PubsubFeatureNotImplemented,
+)
+from libervia.backend.memory.sqla import ItemsPage
 from libervia.backend.memory.sqla_mapping import SyncState
+from libervia.backend.plugins.plugin_xep_0059 import RSMRequest, RSMResponse
 from libervia.backend.plugins.plugin_xep_0060 import (
     EVENT_DELETE,
     EVENT_ITEMS,
@@ -64,8 +74,43 @@ STRATEGY_CACHE = "cache"
 STRATEGY_NO_CACHE = "no_cache"
 
 
+# Keys of ``extra`` that the cache serves itself. Any other key sends the
+# request to the service.
+SERVED_EXTRA_KEYS = frozenset({"use_cache", "order_by"})
+
+ORDER_CREATION = "creation"
+ORDER_MODIFICATION = "modification"
+# ``extra["order_by"]`` values -> PubsubItem column that orders the items.
+ORDER_COLUMNS = {ORDER_CREATION: "created", ORDER_MODIFICATION: "updated"}
+
+DEFAULT_SYNC_PAGE_SIZE = 100
+DEFAULT_MAX_ITEMS_PER_NODE = 10000
+# Delay before the first retry of a failed sync, doubled at each new failure
+# up to the maximum (seconds).
+DEFAULT_SYNC_RETRY_DELAY = 60
+MAX_SYNC_RETRY_DELAY = 3600
+
+
+class NodeTooLarge(Exception):
+    """A node contains more items than ``[pubsub_cache] max_items_per_node``."""
+
+
 def _node_key(client: Any, service: str, node: str) -> tuple[str, str, str]:
     return (client.profile, service, node)
+
+
+def _rsm_metadata(page: ItemsPage) -> dict[str, Any]:
+    """Build the RSM metadata of a page served from storage.
+
+    ``first`` and ``last`` are item ids, the keys that ``after`` and
+    ``before`` take back. An empty page reports only the count.
+    """
+    if not page.item_ids:
+        return RSMResponse(count=page.count).to_dict()
+    return RSMResponse(
+        first=page.item_ids[0], first_index=page.first_index, last=page.item_ids[-1],
+        count=page.count,
+    ).to_dict()
 
 
 def _payload_namespace(items: list[domish.Element]) -> str | None:
@@ -107,6 +152,16 @@ class PubsubCache:
                 f"{STRATEGY_CACHE} or {STRATEGY_NO_CACHE}"
             )
         self.strategy = strategy
+        self.sync_page_size = self._positive_option("sync_page_size", DEFAULT_SYNC_PAGE_SIZE)
+        self.max_items_per_node = self._positive_option(
+            "max_items_per_node", DEFAULT_MAX_ITEMS_PER_NODE
+        )
+        self.sync_retry_delay = self._positive_option(
+            "sync_retry_delay", DEFAULT_SYNC_RETRY_DELAY
+        )
+        # Retries of failed syncs: pending timer and failures in a row, per node.
+        self._retry_calls: dict[tuple[str, str, str], Any] = {}
+        self._failures: dict[tuple[str, str, str], int] = {}
 
         host.trigger.add(TRIGGER_GET_ITEMS, self._get_items_trigger, TRIGGER_PRIORITY)
         host.trigger.add(TRIGGER_ITEMS_RECEIVED, self._items_received_trigger, TRIGGER_PRIORITY)
@@ -115,6 +170,22 @@ class PubsubCache:
         self._p.add_node_callback("", EVENT_DELETE, self._on_delete_event, TRIGGER_PRIORITY)
         host.bridge.register_method("ps_cache_get", self._bridge_cache_get)
         host.bridge.register_method("ps_cache_reset", self._bridge_cache_reset)
+
+    def _positive_option(self, option: str, default: int) -> int:
+        value = self.host.config.getint("pubsub_cache", option, default)
+        if value is None or value < 1:
+            raise InvalidValue(
+                f"invalid [pubsub_cache] {option} {value!r}: use an integer of 1 or more"
+            )
+        return value
+
+    async def stop(self) -> None:
+        """Cancel the pending sync retries and wait for the running syncs."""
+        for call in self._retry_calls.values():
+            if call.active():
+                call.cancel()
+        self._retry_calls.clear()
+        await self.wait_syncs()
 
     # analysers
 
@@ -225,15 +296,22 @@ class PubsubCache:
         item_ids: list[str] | None,
         sub_id: str | None,
         extra: dict[str, Any],
-        rsm_request: Any = None,
+        rsm_request: RSMRequest | None = None,
     ) -> tuple[bool, Any] | None:
         if self.strategy == STRATEGY_NO_CACHE or not extra.get("use_cache", True):
             return None
         if sub_id is not None:
             # A subscription id filters what the service returns: not answerable here.
             return None
-        if rsm_request is not None:
-            # TODO: serve RSM pages from storage; until then they go to the service.
+        if set(extra) - SERVED_EXTRA_KEYS:
+            # MAM queries and any option the cache does not know change what
+            # the service returns.
+            return None
+        order_by = extra.get("order_by", ORDER_CREATION)
+        if order_by not in ORDER_COLUMNS:
+            return None
+        if rsm_request is not None and (max_items or item_ids):
+            # Services disagree on how max_items or item ids combine with a page.
             return None
         service = service or client.jid.userhostJID()
         node_id = await self._completed_node_id(client, service.full(), node)
@@ -241,21 +319,44 @@ class PubsubCache:
             self.misses += 1
             return None
 
-        xmls = await self.host.storage.get_pubsub_items_xml(
-            node_id, max_items=max_items, item_ids=item_ids
-        )
+        metadata: dict[str, Any] = {
+            C.META_SERVICE: service.full(),
+            C.META_NODE: node,
+            C.META_FROM_CACHE: True,
+        }
+        if "order_by" in extra:
+            metadata["order_by"] = order_by
+        if rsm_request is None:
+            xmls = await self.host.storage.get_pubsub_items_xml(
+                node_id, max_items=max_items, item_ids=item_ids,
+                order_by=ORDER_COLUMNS[order_by],
+            )
+            metadata[C.META_COMPLETE] = max_items is None and not item_ids
+        else:
+            page = await self.host.storage.get_pubsub_items_page(
+                node_id,
+                max_items=rsm_request.max,
+                after=rsm_request.after,
+                before=rsm_request.before,
+                index=rsm_request.index,
+                order_by=ORDER_COLUMNS[order_by],
+            )
+            if page is None:
+                # The after/before key is no item id of this node: it may be
+                # a key of the service (ejabberd pages by timestamps), which
+                # only the service can interpret.
+                self.misses += 1
+                return None
+            xmls = page.xmls
+            metadata[C.META_RSM] = _rsm_metadata(page)
+            metadata["rsm_ignored"] = False
+            metadata[C.META_COMPLETE] = len(page.xmls) == page.count
         items = items_from_xml(xmls)
         self.hits += 1
         log.debug(
             "profile %s: %d items of %s node %s served from the cache",
             client.profile, len(items), service.full(), node,
         )
-        metadata = {
-            C.META_SERVICE: service.full(),
-            C.META_NODE: node,
-            C.META_COMPLETE: max_items is None and not item_ids,
-            C.META_FROM_CACHE: True,
-        }
         return False, (items, metadata)
 
     async def _completed_node_id(self, client: Any, service: str, node: str) -> int | None:
@@ -347,6 +448,9 @@ class PubsubCache:
         running = self._syncs.get(key)
         if running is not None:
             return running
+        retry_call = self._retry_calls.pop(key, None)
+        if retry_call is not None and retry_call.active():
+            retry_call.cancel()
         d = defer.ensureDeferred(self._sync(client, service, node, node_id, analyser))
         self._syncs[key] = d
 
@@ -368,17 +472,26 @@ class PubsubCache:
         storage = self.host.storage
         key = _node_key(client, service.full(), node)
         # Events of this node wait for the lock, so one that arrives while the
-        # full fetch is in flight is applied after the fetched items are stored.
+        # fetch is in flight is applied after the fetched items are stored.
         await self._lock(key).acquire()
         try:
+            current = await storage.get_pubsub_node(client.profile_id, service.full(), node)
+            if current is None or current.id != node_id:
+                # A reset or purge removed the node while this sync waited for
+                # the lock: the next get analyses it again.
+                log.info(
+                    "profile %s: sync of node %s of %s dropped, the node left the cache",
+                    client.profile, node, service.full(),
+                )
+                self.host.bridge.send_signal(
+                    "ps_cache_sync", profile=client.profile, service=service.full(),
+                    node=node, state="REMOVED",
+                )
+                return
             await self._set_state(client, service.full(), node, node_id, SyncState.IN_PROGRESS)
             log.info("profile %s: syncing node %s of %s", client.profile, node, service.full())
             await self._p.subscribe(client, service, node)
-            # TODO: page with RSM when the service supports it; a full fetch
-            # is what a service without RSM on items (Prosody 0.12) needs.
-            items, _ = await self._p.get_items(
-                client, service, node, extra={"use_cache": False}
-            )
+            items = await self._fetch_node(client, service, node)
             rows = [await self._item_row(client, service, node, item, analyser) for item in items]
             # Notifications may carry a publisher attribute that the service
             # omits from items results (Prosody 0.12 does). Remembering what
@@ -393,18 +506,29 @@ class PubsubCache:
             await storage.cache_pubsub_items(node_id, [row for row in rows if row is not None])
             await self._set_state(client, service.full(), node, node_id, SyncState.COMPLETED)
         except Exception as e:
-            log.warning(
-                "profile %s: sync of node %s of %s failed: %s",
-                client.profile, node, service.full(), e,
-            )
+            if isinstance(e, NodeTooLarge):
+                # Retrying soon would fetch the same items again: the node is
+                # synced again at the next connection of the profile.
+                log.warning(
+                    "profile %s: node %s of %s not cached: %s; raise [pubsub_cache] "
+                    "max_items_per_node to cache it", client.profile, node, service.full(), e,
+                )
+            else:
+                log.warning(
+                    "profile %s: sync of node %s of %s failed: %s",
+                    client.profile, node, service.full(), e,
+                )
             await self._set_state(client, service.full(), node, node_id, SyncState.ERROR)
             self.host.bridge.send_signal(
                 "ps_cache_sync", profile=client.profile, service=service.full(), node=node,
                 state=SyncState.ERROR.value, error=str(e),
             )
+            if not isinstance(e, NodeTooLarge):
+                self._schedule_retry(client, service, node, node_id, analyser)
             return
         finally:
             self._lock(key).release()
+        self._failures.pop(key, None)
         log.info(
             "profile %s: node %s of %s synchronised, items stored: %d",
             client.profile, node, service.full(), len(items),
@@ -413,6 +537,103 @@ class PubsubCache:
             "ps_cache_sync", profile=client.profile, service=service.full(), node=node,
             state=SyncState.COMPLETED.value, items=len(items),
         )
+
+    def _schedule_retry(
+        self, client: Any, service: JID, node: str, node_id: int, analyser: dict[str, Any],
+    ) -> None:
+        """Sync a failed node again later, waiting twice as long after each failure."""
+        from twisted.internet import reactor
+
+        key = _node_key(client, service.full(), node)
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        delay = min(self.sync_retry_delay * 2 ** (failures - 1), MAX_SYNC_RETRY_DELAY)
+
+        def retry() -> None:
+            self._retry_calls.pop(key, None)
+            if not getattr(client, "connected", True):
+                # profile_connected syncs the nodes in ERROR when the profile is back.
+                return
+            self.start_sync(client, service, node, node_id, analyser)
+
+        previous = self._retry_calls.pop(key, None)
+        if previous is not None and previous.active():
+            previous.cancel()
+        self._retry_calls[key] = reactor.callLater(delay, retry)
+        log.info(
+            "profile %s: sync of node %s of %s retried in %d s (failure %d)",
+            client.profile, node, service.full(), delay, failures,
+        )
+
+    async def _fetch_node(self, client: Any, service: JID, node: str) -> list[domish.Element]:
+        """Fetch every item of a node, oldest first, by RSM pages when the service pages.
+
+        The first request asks for an RSM page. A service that ignores RSM
+        (Prosody 0.12) sends every item back, and that is the full fetch.
+        Otherwise pages follow, each one after the ``last`` key of the
+        previous one, until the reported count is reached, a page has no
+        ``last``, or a page repeats item ids. Raises NodeTooLarge when the
+        node holds more than ``max_items_per_node`` items.
+        """
+        limit = self.max_items_per_node
+        extra = {"use_cache": False}
+        request = RSMRequest(max=self.sync_page_size)
+        try:
+            items, metadata = await self._p.get_items(
+                client, service, node, extra=extra, rsm_request=request
+            )
+        except (PubsubBadRequest, PubsubFeatureNotImplemented) as e:
+            log.debug(
+                "profile %s: %s rejects RSM on node %s (%s): fetching every item",
+                client.profile, service.full(), node, e,
+            )
+            items, metadata = await self._p.get_items(client, service, node, extra=extra)
+            metadata["rsm_ignored"] = True
+        if metadata.get("rsm_ignored", True):
+            if len(items) > limit:
+                raise NodeTooLarge(f"{len(items)} items, more than the limit of {limit}")
+            return items
+
+        fetched: dict[str, domish.Element] = {}
+        pages = 0
+        while True:
+            pages += 1
+            rsm = metadata.get(C.META_RSM) or {}
+            count = rsm.get("count")
+            if count is not None and count > limit:
+                raise NodeTooLarge(f"{count} items, more than the limit of {limit}")
+            repeated = False
+            for item in items:
+                item_id = item.getAttribute("id")
+                if item_id in fetched:
+                    repeated = True
+                    continue
+                # Items without id are dropped later by _item_row.
+                fetched[item_id or f"\0{len(fetched)}"] = item
+            if len(fetched) > limit:
+                raise NodeTooLarge(f"more than the limit of {limit} items")
+            if repeated:
+                log.debug(
+                    "profile %s: page %d of %s node %s repeats items: paging stopped",
+                    client.profile, pages, service.full(), node,
+                )
+                break
+            if not items or (count is not None and len(fetched) >= count):
+                break
+            last = rsm.get("last")
+            if not last:
+                break
+            items, metadata = await self._p.get_items(
+                client, service, node, extra=extra,
+                rsm_request=RSMRequest(max=self.sync_page_size, after=last),
+            )
+        log.debug(
+            "profile %s: %d items of %s node %s fetched in %d RSM pages",
+            client.profile, len(fetched), service.full(), node, pages,
+        )
+        # NOTE: pages are assumed oldest first, as Prosody 0.12 and ejabberd
+        # 23.01 return forward pages. A service returning them newest first
+        # would get its items stored in the wrong order.
+        return list(fetched.values())
 
     async def _item_row(
         self, client: Any, service: JID, node: str, item: domish.Element,

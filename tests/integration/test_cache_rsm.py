@@ -1,0 +1,256 @@
+"""The pubsub cache syncing by RSM pages and serving RSM requests, against real servers.
+
+A backend runs in the test process with the profiles ``alice`` (admin of the
+pubsub component, she creates and fills the nodes) and ``bob`` (the reader
+whose cache is tested). An analyser registered here syncs the nodes whose
+name starts with ``cache-rsm-``.
+
+- ejabberd 23.01 (SQL pubsub storage) pages items: a 250-item node is
+  fetched in pages of 100.
+- Prosody 0.12 ignores RSM on items: the first request returns every item.
+
+ejabberd's RSM ``first``/``last`` values are creation timestamps while the
+cache's are item ids, so the cache's answers are compared with ejabberd's
+by the item ids of each page and by the count, never by those values.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from libervia.backend.tools import wokkel_compat  # noqa: F401  (before wokkel)
+
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+
+from libervia.backend.core import constants as C
+from libervia.backend.memory.sqla_mapping import SyncState
+from libervia.backend.plugins.plugin_xep_0059 import RSMRequest
+from libervia.backend.plugins.plugin_xep_0060 import NS_PUBSUB
+
+SERVERS = ["prosody", "ejabberd"]
+NS_TEST = "urn:example:cache-rsm"
+NODE_PREFIX = "cache-rsm-"
+ITEM_COUNT = 250
+IQ_TIMEOUT = 20.0
+NODE_OPTIONS = {
+    "pubsub#access_model": "open",
+    "pubsub#max_items": "300",
+    "pubsub#deliver_payloads": "1",
+}
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def server(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue(request.param)
+
+
+class Session:
+    """An in-process backend with alice and bob connected, bob's cache syncing test nodes."""
+
+    def __init__(self, server: Any, backend: Any) -> None:
+        self.server = server
+        self.backend = backend
+        self.service = JID(server.pubsub_service)
+        self.pubsub = backend.plugins["XEP-0060"]
+        self.cache = backend.plugins["PUBSUB_CACHE"]
+
+    @property
+    def is_ejabberd(self) -> bool:
+        return type(self.server).__name__ == "EjabberdServer"
+
+    def client(self, profile: str) -> Any:
+        return self.backend.get_client(profile)
+
+    async def new_node(self, count: int) -> tuple[str, list[str]]:
+        """Create a node and publish ``count`` items in it; return its name and the ids."""
+        node = f"{NODE_PREFIX}{uuid.uuid4().hex[:10]}"
+        alice = self.client("alice")
+        await self.pubsub.create_node(alice, self.service, node, NODE_OPTIONS)
+        ids = [f"item-{index:03d}" for index in range(count)]
+        for item_id in ids:
+            item = domish.Element((NS_PUBSUB, "item"))
+            item["id"] = item_id
+            item.addElement((NS_TEST, "entry"), content=f"text of {item_id}")
+            await self.pubsub.publish(alice, self.service, node, [item])
+        return node, ids
+
+    async def synced_node(self, count: int) -> tuple[str, list[str], int]:
+        """Create and fill a node, have bob's cache sync it; return name, ids and IQs of the sync."""
+        node, ids = await self.new_node(count)
+        bob = self.client("bob")
+        sent_before = bob.stream_stats["iq_sent"]
+        # This first read goes to the service, and the cache starts syncing.
+        await self.pubsub.get_items(bob, self.service, node, max_items=1)
+        await self.cache.wait_syncs()
+        return node, ids, bob.stream_stats["iq_sent"] - sent_before - 1
+
+
+@pytest_twisted.async_yield_fixture(scope="module")
+async def session(server: Any) -> AsyncIterator[Session]:
+    from libervia.backend.core.main import Backend
+
+    base = tempfile.mkdtemp(prefix="lbc-", dir="/tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
+            patch.setenv(var, f"{base}/{var.lower()}")
+        patch.delenv("LIBERVIA_DB_URL", raising=False)
+        backend = Backend()
+        await backend.start()
+        try:
+            backend.plugins["PUBSUB_CACHE"].register_analyser(
+                {"name": "cache-rsm-test", "type": "test", "node": NODE_PREFIX, "to_sync": True}
+            )
+            for profile in ("alice", "bob"):
+                await backend._profile_create(
+                    profile, f"{profile}@{server.domain}", server.accounts[profile],
+                    {"host": server.host, "port": server.port,
+                     "ca_file": str(server.ca_file)},
+                )
+                client = await backend.connect_profile(profile)
+                client.options.iq_timeout = IQ_TIMEOUT
+            yield Session(server, backend)
+        finally:
+            await backend.stop()
+
+
+@pytest_twisted.async_yield_fixture(scope="module")
+async def big_node(session: Session) -> AsyncIterator[tuple[str, list[str], int]]:
+    """A node of ITEM_COUNT items synced by bob's cache: name, ids, IQs sent by the sync."""
+    yield await session.synced_node(ITEM_COUNT)
+
+
+async def cached_ids(session: Session, node: str) -> tuple[SyncState | None, list[str]]:
+    """Return the stored sync state and item ids of a node, in the cache's order."""
+    storage = session.backend.storage
+    bob = session.client("bob")
+    node_row = await storage.get_pubsub_node(bob.profile_id, session.service.full(), node)
+    rows = await storage.get_pubsub_items(node_row.id)
+    return node_row.sync_state, [row.name for row in rows]
+
+
+class SyncTests:
+    @pytest_twisted.ensureDeferred
+    async def test_all_items_cached(
+        self, session: Session, big_node: tuple[str, list[str], int]
+    ) -> None:
+        node, ids, _ = big_node
+
+        state, stored = await cached_ids(session, node)
+
+        assert state == SyncState.COMPLETED
+        assert stored == ids
+
+    @pytest_twisted.ensureDeferred
+    async def test_requests_of_sync(
+        self, session: Session, big_node: tuple[str, list[str], int]
+    ) -> None:
+        _, _, iq_sent = big_node
+
+        # One subscription, then 3 pages of 100 on ejabberd, or one request
+        # answered with every item by Prosody.
+        assert iq_sent == (4 if session.is_ejabberd else 2)
+
+    @pytest_twisted.ensureDeferred
+    async def test_served_from_cache(
+        self, session: Session, big_node: tuple[str, list[str], int]
+    ) -> None:
+        node, ids, _ = big_node
+
+        items, metadata = await session.pubsub.get_items(
+            session.client("bob"), session.service, node, max_items=20
+        )
+
+        assert metadata[C.META_FROM_CACHE] is True
+        assert [item["id"] for item in items] == ids[-20:]
+
+
+# Requests whose pages both servers' conventions allow to compare with the
+# cache: forward pages and index positions. ejabberd answers an empty
+# ``before`` with the items newest first, so the last page is compared as a set.
+LIVE_REQUESTS = [
+    {"max": 10},
+    {"max": 100},
+    {"max": 0},
+    {"max": 10, "index": 0},
+    {"max": 10, "index": 240},
+    {"max": 30, "index": 245},
+    {"max": 10, "before": ""},
+]
+
+
+class RsmAgainstLiveTests:
+    """Pages served by the cache contain the items that the live service returns."""
+
+    @pytest.mark.parametrize(
+        "request_dict", LIVE_REQUESTS,
+        ids=lambda r: ",".join(f"{key}={value!r}" for key, value in r.items()),
+    )
+    @pytest_twisted.ensureDeferred
+    async def test_page(
+        self, session: Session, big_node: tuple[str, list[str], int],
+        request_dict: dict[str, Any],
+    ) -> None:
+        node, ids, _ = big_node
+        bob = session.client("bob")
+
+        cached_items, cached_meta = await session.pubsub.get_items(
+            bob, session.service, node, rsm_request=RSMRequest(**request_dict)
+        )
+        live_items, live_meta = await session.pubsub.get_items(
+            bob, session.service, node, rsm_request=RSMRequest(**request_dict),
+            extra={"use_cache": False},
+        )
+        cached = [item["id"] for item in cached_items]
+        live = [item["id"] for item in live_items]
+
+        assert cached_meta[C.META_FROM_CACHE] is True
+        assert cached_meta[C.META_RSM]["count"] == ITEM_COUNT
+        if not session.is_ejabberd:
+            # Prosody ignores RSM: the cache's page is cut from its full answer.
+            assert live_meta["rsm_ignored"] is True
+            assert live == ids
+            return
+        assert live_meta[C.META_RSM]["count"] == cached_meta[C.META_RSM]["count"]
+        if "before" in request_dict:
+            assert sorted(cached) == sorted(live)
+        else:
+            assert cached == live
+
+    @pytest_twisted.ensureDeferred
+    async def test_walk_after(
+        self, session: Session, big_node: tuple[str, list[str], int]
+    ) -> None:
+        """Walk both by ``after``, each with its own ``last`` keys: the same pages come back."""
+        node, ids, _ = big_node
+        bob = session.client("bob")
+        pages: dict[bool, list[list[str]]] = {}
+
+        for use_cache in (True, False):
+            pages[use_cache] = []
+            request = RSMRequest(max=60)
+            while True:
+                items, metadata = await session.pubsub.get_items(
+                    bob, session.service, node, rsm_request=request,
+                    extra={} if use_cache else {"use_cache": False},
+                )
+                page = [item["id"] for item in items]
+                if not page or (pages[use_cache] and page == pages[use_cache][-1]):
+                    break
+                pages[use_cache].append(page)
+                last = (metadata.get(C.META_RSM) or {}).get("last")
+                if last is None:
+                    break
+                request = RSMRequest(max=60, after=last)
+
+        assert sum(pages[True], []) == ids
+        if session.is_ejabberd:
+            assert pages[True] == pages[False]
+        else:
+            assert pages[False] == [ids]

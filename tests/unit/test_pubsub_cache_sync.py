@@ -1,0 +1,302 @@
+"""Tests of the pubsub cache's sync: RSM paging, its stop conditions, the item limit, retries.
+
+The cache talks to a scripted pubsub service on a fake XML stream: each
+items request is answered from a list of item ids, paged by the RSM
+``<set/>`` of the request unless the script says otherwise. Storage is real
+(SQLite and PostgreSQL, ``storage`` fixture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from libervia.backend.tools import wokkel_compat  # noqa: F401  (before wokkel)
+
+from twisted.internet import defer, reactor
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+
+from libervia.backend.bridge.server import BridgeServer
+from libervia.backend.core.config import Config
+from libervia.backend.core.exceptions import InvalidValue
+from libervia.backend.core.trigger import TriggerManager
+from libervia.backend.memory.sqla import Storage
+from libervia.backend.memory.sqla_mapping import SyncState
+from libervia.backend.plugins.plugin_pubsub_cache import PubsubCache
+from libervia.backend.plugins.plugin_xep_0059 import RSMRequest, RSMResponse, find_set
+from libervia.backend.plugins.plugin_xep_0060 import NS_PUBSUB, XEP_0060
+from libervia.testing.fake_stream import FakeClient
+
+SERVICE = JID("pubsub.example.org")
+NODE = "urn:xmpp:microblog:0"
+NS_ATOM = "http://www.w3.org/2005/Atom"
+ANALYSER = {"name": "blog", "type": "blog", "node": NODE, "to_sync": True}
+
+
+class MinimalHost:
+    """The parts of the backend host that the pubsub cache uses."""
+
+    def __init__(self, config: Config, storage: Storage) -> None:
+        self.config = config
+        self.storage = storage
+        self.trigger = TriggerManager()
+        self.bridge = BridgeServer()
+        self.plugins: dict[str, Any] = {}
+        self.plugins["XEP-0060"] = XEP_0060(self)
+
+
+def make_cache(tmp_path: Path, storage: Storage | None, config_text: str = "") -> PubsubCache:
+    path = tmp_path / "libervia.conf"
+    path.write_text(config_text, encoding="utf-8")
+    cache = PubsubCache(MinimalHost(Config(path), storage))
+    cache.register_analyser(dict(ANALYSER))
+    return cache
+
+
+@pytest_twisted.async_fixture
+async def client(storage: Storage) -> FakeClient:
+    profile = await storage.create_profile("alice", "alice@example.org", "secret")
+    return FakeClient(profile="alice", profile_id=profile.id, jid=JID("alice@example.org/tests"))
+
+
+def make_item(item_id: str) -> domish.Element:
+    item = domish.Element((NS_PUBSUB, "item"))
+    item["id"] = item_id
+    item.addElement((NS_ATOM, "entry"))
+    return item
+
+
+# A page answer: (item ids, RSM response or None for no <set/>), or a stanza
+# error condition.
+Answer = tuple[list[str], RSMResponse | None] | str
+
+
+def paging_service(ids: list[str]) -> Callable[[RSMRequest | None], Answer]:
+    """Return a service script paging ``ids`` correctly (after takes an item id)."""
+
+    def answer(request: RSMRequest | None) -> Answer:
+        if request is None:
+            return ids, None
+        start = 0 if request.after is None else ids.index(request.after) + 1
+        page = ids[start:start + (request.max or len(ids))]
+        if not page:
+            return [], RSMResponse(count=len(ids))
+        return page, RSMResponse(first=page[0], first_index=start, last=page[-1], count=len(ids))
+
+    return answer
+
+
+async def run_sync(
+    cache: PubsubCache, client: FakeClient, script: Callable[[RSMRequest | None], Answer],
+) -> list[RSMRequest | None]:
+    """Sync the node against ``script``; return the RSM request of each items request."""
+    node_row = await cache.host.storage.set_pubsub_node(
+        client.profile_id, SERVICE.full(), NODE, analyser="blog", type_="blog"
+    )
+    sync = cache.start_sync(client, SERVICE, NODE, node_row.id, cache.analysers["blog"])
+    requests: list[RSMRequest | None] = []
+    while True:
+        sent = client.xmlstream.next_sent()
+        await defer.DeferredList([sent, sync], fireOnOneCallback=True)
+        if sync.called:
+            if not sent.called:
+                # The next sync of the test must get its own stanzas.
+                client.xmlstream._waiters.remove(sent)
+            return requests
+        stanza = sent.result
+        pubsub = next(stanza.elements(NS_PUBSUB, "pubsub"))
+        if next(pubsub.elements(NS_PUBSUB, "items"), None) is None:
+            client.xmlstream.respond(stanza)
+            continue
+        set_elt = find_set(pubsub)
+        request = None if set_elt is None else RSMRequest.from_element(set_elt)
+        requests.append(request)
+        answer = script(request)
+        if isinstance(answer, str):
+            client.xmlstream.respond_error(stanza, answer)
+            continue
+        page, response = answer
+        result = domish.Element((NS_PUBSUB, "pubsub"))
+        items = result.addElement("items")
+        items["node"] = NODE
+        for item_id in page:
+            items.addChild(make_item(item_id))
+        if response is not None:
+            result.addChild(response.to_element())
+        client.xmlstream.respond(stanza, result)
+
+
+async def stored(cache: PubsubCache, client: FakeClient) -> tuple[SyncState | None, list[str]]:
+    storage = cache.host.storage
+    node_row = await storage.get_pubsub_node(client.profile_id, SERVICE.full(), NODE)
+    rows = await storage.get_pubsub_items(node_row.id)
+    return node_row.sync_state, [row.name for row in rows]
+
+
+IDS = [f"i{index:02d}" for index in range(25)]
+
+
+class PagedSyncTests:
+    @pytest_twisted.ensureDeferred
+    async def test_pages(self, tmp_path: Path, storage: Storage, client: FakeClient) -> None:
+        cache = make_cache(tmp_path, storage, "[pubsub_cache]\nsync_page_size = 10\n")
+
+        requests = await run_sync(cache, client, paging_service(IDS))
+
+        assert [r.to_dict() for r in requests] == [
+            {"max": 10}, {"max": 10, "after": "i09"}, {"max": 10, "after": "i19"},
+        ]
+        assert await stored(cache, client) == (SyncState.COMPLETED, IDS)
+
+    @pytest_twisted.ensureDeferred
+    async def test_exact_multiple(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage, "[pubsub_cache]\nsync_page_size = 5\n")
+
+        requests = await run_sync(cache, client, paging_service(IDS))
+
+        # The count is reached with the fifth page: no empty sixth page is asked.
+        assert len(requests) == 5
+        assert await stored(cache, client) == (SyncState.COMPLETED, IDS)
+
+    @pytest_twisted.ensureDeferred
+    async def test_rsm_ignored(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage, "[pubsub_cache]\nsync_page_size = 10\n")
+
+        requests = await run_sync(cache, client, lambda request: (IDS, None))
+
+        assert len(requests) == 1
+        assert await stored(cache, client) == (SyncState.COMPLETED, IDS)
+
+    @pytest_twisted.ensureDeferred
+    async def test_rsm_rejected(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage, "[pubsub_cache]\nsync_page_size = 10\n")
+
+        def script(request: RSMRequest | None) -> Answer:
+            return "feature-not-implemented" if request is not None else (IDS, None)
+
+        requests = await run_sync(cache, client, script)
+
+        assert requests == [RSMRequest(max=10), None]
+        assert await stored(cache, client) == (SyncState.COMPLETED, IDS)
+
+    @pytest_twisted.ensureDeferred
+    async def test_missing_last_stops(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage, "[pubsub_cache]\nsync_page_size = 10\n")
+
+        def script(request: RSMRequest | None) -> Answer:
+            return IDS[:10], RSMResponse(count=len(IDS))
+
+        requests = await run_sync(cache, client, script)
+
+        assert len(requests) == 1
+        assert (await stored(cache, client))[1] == IDS[:10]
+
+    @pytest_twisted.ensureDeferred
+    async def test_repeated_page_stops(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage, "[pubsub_cache]\nsync_page_size = 10\n")
+
+        def script(request: RSMRequest | None) -> Answer:
+            # A service that ignores ``after`` and sends the first page again.
+            return IDS[:10], RSMResponse(first="i00", first_index=0, last="i09", count=len(IDS))
+
+        requests = await run_sync(cache, client, script)
+
+        assert len(requests) == 2
+        assert (await stored(cache, client))[1] == IDS[:10]
+
+
+class ItemLimitTests:
+    @pytest_twisted.ensureDeferred
+    async def test_count_above_limit(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(
+            tmp_path, storage, "[pubsub_cache]\nsync_page_size = 10\nmax_items_per_node = 20\n"
+        )
+
+        requests = await run_sync(cache, client, paging_service(IDS))
+
+        assert len(requests) == 1
+        assert await stored(cache, client) == (SyncState.ERROR, [])
+        assert cache._retry_calls == {}
+
+    @pytest_twisted.ensureDeferred
+    async def test_full_fetch_above_limit(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage, "[pubsub_cache]\nmax_items_per_node = 20\n")
+
+        await run_sync(cache, client, lambda request: (IDS, None))
+
+        assert await stored(cache, client) == (SyncState.ERROR, [])
+
+    @pytest_twisted.ensureDeferred
+    async def test_at_limit(self, tmp_path: Path, storage: Storage, client: FakeClient) -> None:
+        cache = make_cache(tmp_path, storage, "[pubsub_cache]\nmax_items_per_node = 25\n")
+
+        await run_sync(cache, client, paging_service(IDS))
+
+        assert await stored(cache, client) == (SyncState.COMPLETED, IDS)
+
+    @pytest.mark.parametrize("option", ["sync_page_size", "max_items_per_node", "sync_retry_delay"])
+    def test_invalid_option(self, tmp_path: Path, option: str) -> None:
+        with pytest.raises(InvalidValue, match=f"invalid \\[pubsub_cache\\] {option} 0"):
+            make_cache(tmp_path, None, f"[pubsub_cache]\n{option} = 0\n")
+
+
+class RetryTests:
+    @pytest_twisted.ensureDeferred
+    async def test_backoff_doubles(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage, "[pubsub_cache]\nsync_retry_delay = 30\n")
+        key = (client.profile, SERVICE.full(), NODE)
+        delays = []
+
+        for _ in range(3):
+            await run_sync(cache, client, lambda request: "internal-server-error")
+            delays.append(round(cache._retry_calls[key].getTime() - reactor.seconds()))
+
+        assert delays == [30, 60, 120]
+        assert (await stored(cache, client))[0] == SyncState.ERROR
+        await cache.stop()
+
+    @pytest_twisted.ensureDeferred
+    async def test_stop_cancels_retry(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage)
+        await run_sync(cache, client, lambda request: "internal-server-error")
+        call = cache._retry_calls[(client.profile, SERVICE.full(), NODE)]
+
+        await cache.stop()
+
+        assert call.cancelled
+        assert cache._retry_calls == {}
+
+    @pytest_twisted.ensureDeferred
+    async def test_success_resets_backoff(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage)
+        await run_sync(cache, client, lambda request: "internal-server-error")
+
+        await run_sync(cache, client, paging_service(IDS))
+
+        assert cache._retry_calls == {}
+        assert cache._failures == {}

@@ -223,7 +223,7 @@ class PubSubRequest(pubsub.PubSubRequest):
 
 
 class ConfigurationEvent(pubsub.PubSubEvent):
-    """A node's configuration changed; ``configuration`` holds the new values when sent.
+    """A node's configuration changed; ``configuration`` contains the new values when sent.
 
     ``configuration`` is None when the service sent the notification without
     the configuration form (``pubsub#deliver_payloads`` false).
@@ -531,7 +531,7 @@ def stanza_error_to_exception(
     if action == "getting items" and error.condition in ("item-not-found", "forbidden"):
         detail += " (the node may not exist, or its access model does not allow this profile)"
     elif error.condition == "service-unavailable":
-        # Prosody 0.12 answers this way to requests it does not implement,
+        # Prosody 0.12 returns this error for requests it does not implement,
         # such as the entity affiliations list, instead of feature-not-implemented.
         detail += " (the service does not support this request, or does not exist)"
 
@@ -751,7 +751,7 @@ class XEP_0060:
             response = RSMResponse.from_element(set_elt)
         except InvalidValue as e:
             log.debug(
-                "profile %s: invalid RSM answer from %s for node %s dropped: %s",
+                "profile %s: invalid RSM response from %s for node %s dropped: %s",
                 client.profile, metadata[C.META_SERVICE], node, e,
             )
             metadata[C.META_COMPLETE] = False
@@ -978,7 +978,7 @@ class XEP_0060:
     ) -> str:
         """Create a node with an optional configuration; return its name.
 
-        A node of None asks for an instant node, named by the service.
+        A node of None requests an instant node, named by the service.
         """
         request = PubSubRequest("create")
         request.nodeIdentifier = node
@@ -994,7 +994,7 @@ class XEP_0060:
     async def delete_node(
         self, client: Any, service: JID | None, node: str, redirect_uri: str | None = None,
     ) -> None:
-        """Delete a node; ``redirect_uri`` (an XMPP URI) tells subscribers where it moved."""
+        """Delete a node; ``redirect_uri`` (an XMPP URI) gives subscribers the node's new location."""
         _check_node(node, "delete a node")
         request = PubSubRequest("delete")
         request.nodeIdentifier = node
@@ -1138,7 +1138,7 @@ class XEP_0060:
     async def get_features(self, client: Any, service: JID | None) -> frozenset[str]:
         """Return the features a service announces in disco#info.
 
-        Answers are kept per profile and service until the stream ends.
+        Results are kept per profile and service until the stream ends.
         Concurrent requests for one service share one IQ, and a failure is
         not kept: the next call asks again.
         """

@@ -10,7 +10,7 @@ name starts with ``cache-rsm-``.
 - Prosody 0.12 ignores RSM on items: the first request returns every item.
 
 ejabberd's RSM ``first``/``last`` values are creation timestamps while the
-cache's are item ids, so the cache's answers are compared with ejabberd's
+cache's are item ids, so the cache's results are compared with ejabberd's
 by the item ids of each page and by the count, never by those values.
 """
 

@@ -15,8 +15,8 @@ Where the servers differ, the test states what each one does:
   notification, and neither sent a configuration notification to a
   subscriber here (``pubsub#notify_config`` set), so those two notification
   shapes are covered by the XEP-0060 vectors only.
-- Prosody 0.12 answers the entity affiliations request with
-  service-unavailable and does not announce ``retrieve-affiliations``.
+- Prosody 0.12 returns service-unavailable for the entity affiliations
+  request and does not announce ``retrieve-affiliations``.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ async def session(server: Any) -> AsyncIterator[Session]:
                      "ca_file": str(server.ca_file)},
                 )
                 client = await backend.connect_profile(profile)
-                # Fail a test on a missing answer long before pytest-timeout does.
+                # Fail a test on a missing response long before pytest-timeout does.
                 client.options.iq_timeout = IQ_TIMEOUT
             yield Session(server, backend)
         finally:
@@ -312,7 +312,7 @@ class SubscriptionTests:
         node = await session.new_node()
         # carol is never subscribed to a node that gets deleted: Prosody 0.12.3
         # fails on the listing of all subscriptions of such a subscriber
-        # (a traceback in flatten_subscriptions, and no answer).
+        # (a traceback in flatten_subscriptions, and no response).
         carol = session.client("carol")
 
         await session.pubsub.subscribe(carol, session.service, node)

@@ -537,7 +537,7 @@ class RequestLifetimeTests:
 
 
 class _UnansweredRequest(generic.Request):
-    """IQ get sent to the client's own JID, which never answers it."""
+    """IQ get sent to the client's own JID, which never responds to it."""
 
     def __init__(self, jid: JID) -> None:
         super().__init__(recipient=jid, stanzaType="get")

@@ -2,7 +2,7 @@
 
 Every error that can reach a frontend derives from :class:`BackendError`. The
 bridge sends the class name as the error type and ``str(error)`` as the message,
-so messages must name the value involved and say what to do.
+so messages must name the value involved and what to do next.
 """
 
 
@@ -55,7 +55,7 @@ class PluginError(BackendError):
 
 
 class PubsubConditionError(PubsubError):
-    """A pubsub service answered a request with an error condition.
+    """A pubsub service returned an error condition for a request.
 
     The message names the request, the service, the node and the condition.
     ``condition`` is the XMPP stanza error condition, ``pubsub_condition`` the
@@ -124,4 +124,4 @@ class PubsubNotAllowed(PubsubConditionError):
 
 
 class PubsubTimeout(PubsubError):
-    """The pubsub service did not answer within the IQ timeout."""
+    """The pubsub service did not respond within the IQ timeout."""

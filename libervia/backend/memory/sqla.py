@@ -964,7 +964,7 @@ class Storage:
 
         The whole set is the node's items in ascending order of ``order_by``
         (created or updated), ties broken by row id. ``after`` and ``before``
-        are item ids: the page holds the items following or preceding that
+        are item ids: the page contains the items following or preceding that
         item. ``before=""`` asks for the last page, ``index`` for the page
         starting at that position (an index beyond the set gives an empty
         page). Without a position the page starts at the first item. With
@@ -1259,7 +1259,7 @@ class Storage:
         """Return the size of the database in bytes, None for an in-memory SQLite database.
 
         For an SQLite file, it is the size of the file and of its write-ahead
-        log (``-wal`` file), which holds committed data not yet copied into
+        log (``-wal`` file), which contains committed data not yet copied into
         the file. For PostgreSQL, it is ``pg_database_size`` of the current
         database.
         """

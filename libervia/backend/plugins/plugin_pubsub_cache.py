@@ -567,7 +567,7 @@ class PubsubCache:
     async def _fetch_node(self, client: Any, service: JID, node: str) -> list[domish.Element]:
         """Fetch every item of a node, oldest first, by RSM pages when the service pages.
 
-        The first request asks for an RSM page. A service that ignores RSM
+        The first request is for an RSM page. A service that ignores RSM
         (Prosody 0.12) sends every item back, and that is the full fetch.
         Otherwise pages follow, each one after the ``last`` key of the
         previous one, until the reported count is reached, a page has no

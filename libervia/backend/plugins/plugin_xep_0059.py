@@ -84,9 +84,9 @@ def _child_text(set_elt: domish.Element, name: str) -> str | None:
 class RSMRequest:
     """A page request: page size and position.
 
-    ``max`` is the page size (0 asks only for the count). ``after`` asks for
-    the page following an item, ``before`` for the page preceding one, and
-    ``before=""`` for the last page. ``index`` asks for the page starting at
+    ``max`` is the page size (0 requests only the count). ``after`` requests
+    the page following an item, ``before`` the page preceding one, and
+    ``before=""`` the last page. ``index`` requests the page starting at
     a position, counted from 0. ``after``, ``before`` and ``index`` exclude
     each other.
     """
@@ -142,7 +142,7 @@ class RSMRequest:
         if self.after is not None:
             set_elt.addElement("after", content=self.after)
         if self.before is not None:
-            # An empty <before/> asks for the last page.
+            # An empty <before/> requests the last page.
             before_elt = set_elt.addElement("before")
             if self.before:
                 before_elt.addContent(self.before)
@@ -164,7 +164,7 @@ class RSMRequest:
 
 @dataclass
 class RSMResponse:
-    """What a service reports about a returned page.
+    """Page description returned by a service.
 
     ``first`` and ``last`` are the ids the service gives to the first and
     last entries of the page (an item id, or another key such as a
@@ -218,7 +218,7 @@ class RSMResponse:
 
 
 class XEP_0059:
-    """Plugin entry: the models live in this module, the plugin holds no state."""
+    """Plugin entry: the models live in this module, and the plugin keeps no state."""
 
     def __init__(self, host: Any) -> None:
         self.host = host

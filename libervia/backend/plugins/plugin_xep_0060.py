@@ -509,7 +509,7 @@ def describe_target(service: str, node: str | None) -> str:
 def stanza_error_to_exception(
     error: jabber_error.StanzaError, service: str, node: str | None, action: str,
 ) -> PubsubConditionError:
-    """Build the exception for an error answer to a pubsub request.
+    """Build the exception for an error response to a pubsub request.
 
     The class follows the pubsub condition first (``precondition-not-met``),
     then the stanza condition (ERROR_CLASSES). The message reads
@@ -825,7 +825,7 @@ class XEP_0060:
 
         ``options`` are subscription options (``pubsub#deliver``...) sent with
         the request. Returns node, jid, subscription (subscribed, pending or
-        unconfigured), subid and ``options_required`` (the service asks for
+        unconfigured), subid and ``options_required`` (the service requires
         subscription options before it delivers anything).
         """
         _check_node(node, "subscribe")
@@ -1140,7 +1140,7 @@ class XEP_0060:
 
         Results are kept per profile and service until the stream ends.
         Concurrent requests for one service share one IQ, and a failure is
-        not kept: the next call asks again.
+        not kept: the next call sends a new request.
         """
         handler = getattr(client, "pubsub_handler", None)
         if handler is None:
@@ -1223,7 +1223,8 @@ class XEP_0060:
     def dispatch_event(self, client: Any, kind: str, event: Any) -> defer.Deferred[None]:
         """Run the trigger and callbacks of an event one after the other, in the background.
 
-        Returns the Deferred of that run (it never fails: errors are logged).
+        Returns the Deferred of that run. It does not fail: errors of the
+        trigger, of each callback and of the signal are logged instead.
         """
         node = event.nodeIdentifier or ""
         callbacks = [entry.callback for entry in self._callbacks if entry.matches(kind, node)]
@@ -1255,7 +1256,13 @@ class XEP_0060:
                     "profile %s: %s callback %r failed for service %s node %s",
                     client.profile, kind, callback, service, event.nodeIdentifier,
                 )
-        self.host.bridge.send_signal("ps_event", **event_signal_args(client, kind, event))
+        try:
+            self.host.bridge.send_signal("ps_event", **event_signal_args(client, kind, event))
+        except Exception:
+            log.exception(
+                "profile %s: ps_event signal failed for service %s node %s",
+                client.profile, service, event.nodeIdentifier,
+            )
 
     # bridge methods
 

@@ -86,13 +86,13 @@ NS_XHTML = "http://www.w3.org/1999/xhtml"
 NS_XML = "http://www.w3.org/XML/1998/namespace"
 
 # Posts are public unless the caller passes other options: anyone may read them.
-# "max" asks for the service's largest item limit: Prosody 0.12 keeps only
+# "max" requests the service's largest item limit: Prosody 0.12 keeps only
 # one item in a PEP node created without pubsub#max_items.
 DEFAULT_PUBLISH_OPTIONS = {"pubsub#access_model": "open", "pubsub#max_items": "max"}
 
 
 def _rejects_options(error: Exception) -> bool:
-    """Return True when a publish error says the service refused the publish options."""
+    """Return True when a publish error shows that the service rejected the publish options."""
     return getattr(error, "app_condition", None) == "precondition-not-met" or getattr(
         error, "condition", None
     ) in ("resource-constraint", "not-acceptable", "bad-request")

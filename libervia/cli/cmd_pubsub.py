@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
+from collections.abc import Callable
 from typing import Any
 from xml.dom import minidom
 from xml.parsers.expat import ExpatError
@@ -611,12 +612,30 @@ def run_cache_sync(ctx: Context, args: argparse.Namespace) -> int:
         return 0
 
     if ctx.output.styled:
-        with ctx.output.console.status(f"synchronising {what}"):
-            end = wait_sync_end(ctx, result)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            console=ctx.output.console, transient=True,
+        ) as progress:
+            # The total stays unknown (a pulsing bar) until the service
+            # reports a count, which services that ignore RSM never do.
+            task = progress.add_task(f"synchronising {what}", total=None)
+
+            def show(signal: dict[str, Any]) -> None:
+                progress.update(task, completed=signal.get("items") or 0,
+                                total=signal.get("count"))
+
+            end = wait_sync_end(ctx, result, show)
     else:
         end = wait_sync_end(ctx, result)
     if end.get("state") == "REMOVED":
         raise CliError(f"sync of {what} stopped: the node was removed from the cache meanwhile")
+    if end.get("state") == "LOCKED":
+        raise CliError(
+            f"sync of {what} not started: another daemon sharing the database is "
+            f"synchronising it; see li pubsub cache get for its state"
+        )
     if end.get("state") != "COMPLETED":
         raise CliError(f"sync of {what} failed: {end.get('error') or end.get('state')}")
     if ctx.output.is_json:
@@ -626,17 +645,26 @@ def run_cache_sync(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_sync_end(ctx: Context, node: dict[str, Any]) -> dict[str, Any]:
-    """Wait for the ``ps_cache_sync`` signal of a node; return its arguments.
+def wait_sync_end(
+    ctx: Context, node: dict[str, Any],
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Wait for the ``ps_cache_sync`` signal ending a node's sync; return its arguments.
 
-    Raises CliError when no signal comes within the --timeout.
+    IN_PROGRESS signals go to ``on_progress``. Raises CliError when no
+    signal comes within the --timeout.
     """
     try:
         for name, signal in ctx.bridge.iter_signals(timeout=ctx.timeout):
             if name != "ps_cache_sync":
                 continue
-            if all(signal.get(key) == node[key] for key in ("profile", "service", "node")):
-                return signal
+            if not all(signal.get(key) == node[key] for key in ("profile", "service", "node")):
+                continue
+            if signal.get("state") == "IN_PROGRESS":
+                if on_progress is not None:
+                    on_progress(signal)
+                continue
+            return signal
     except BridgeTimeout:
         raise CliError(
             f"the sync of node {node['node']} of {node['service']} did not end within "

@@ -109,7 +109,12 @@ async def run_sync(
                 client.xmlstream._waiters.remove(sent)
             return requests
         stanza = sent.result
-        pubsub = next(stanza.elements(NS_PUBSUB, "pubsub"))
+        pubsub = next(stanza.elements(NS_PUBSUB, "pubsub"), None)
+        if pubsub is None:
+            # The configuration (pubsub#owner) and metadata (disco#info)
+            # requests that read max_items: this service lets read neither.
+            client.xmlstream.respond_error(stanza, "forbidden")
+            continue
         if next(pubsub.elements(NS_PUBSUB, "items"), None) is None:
             client.xmlstream.respond(stanza)
             continue

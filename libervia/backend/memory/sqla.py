@@ -55,6 +55,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -115,6 +116,10 @@ ITEM_TIME_STEP = timedelta(microseconds=1)
 # the node id), so that they differ from locks of other programs sharing the
 # database. The value is arbitrary ("LI" in ASCII).
 NODE_LOCK_SPACE = 0x4C49
+# First key of the session-level advisory locks that a daemon holds on a node
+# while it synchronises it, so that two daemons sharing a PostgreSQL database
+# never sync the same node at once ("LS" in ASCII).
+NODE_SYNC_LOCK_SPACE = 0x4C53
 
 # Tuple given to cache_pubsub_items(): item id, <item/> XML, parsed data, publisher.
 ItemTuple = tuple[str, str, dict[str, Any] | None, str | None]
@@ -326,6 +331,8 @@ class Storage:
     def __init__(self, db_url: str | None = None) -> None:
         self.db_url: URL = make_url(db_url or default_db_url())
         self._engine: AsyncEngine | None = None
+        # Connections holding a node's sync lock (PostgreSQL), by node id.
+        self._sync_lock_connections: dict[int, AsyncConnection] = {}
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
         self._write_sessions: async_sessionmaker[AsyncSession] | None = None
 
@@ -514,6 +521,10 @@ class Storage:
         if self._engine is None:
             return
         engine = self._engine
+        for connection in self._sync_lock_connections.values():
+            # Closing the connection ends its session, which releases the lock.
+            await connection.close()
+        self._sync_lock_connections.clear()
         self._engine = None
         self._read_sessions = None
         self._write_sessions = None
@@ -783,6 +794,70 @@ class Storage:
         async with self._session() as session:
             return list(await session.scalars(query))
 
+    @aio
+    async def try_lock_node_sync(self, node_id: int) -> bool:
+        """Take the lock that one process at a time holds while syncing a node.
+
+        On PostgreSQL this is a session-level advisory lock held by a
+        dedicated connection until :meth:`unlock_node_sync`, so daemons
+        sharing the database exclude each other; it returns False when another
+        session holds it. A SQLite file is used by one daemon, so it always
+        returns True there.
+        """
+        if self.engine.dialect.name != "postgresql":
+            return True
+        if node_id in self._sync_lock_connections:
+            return False
+        connection = await self.engine.connect()
+        try:
+            locked = await connection.scalar(
+                select(func.pg_try_advisory_lock(NODE_SYNC_LOCK_SPACE, node_id))
+            )
+            # End the implicit transaction of the lock query: the lock is
+            # held by the session, not by a transaction.
+            await connection.commit()
+        except BaseException:
+            await connection.close()
+            raise
+        if not locked:
+            await connection.close()
+            return False
+        self._sync_lock_connections[node_id] = connection
+        return True
+
+    @aio
+    async def unlock_node_sync(self, node_id: int) -> None:
+        """Release a lock taken by :meth:`try_lock_node_sync` (nothing when not held)."""
+        connection = self._sync_lock_connections.pop(node_id, None)
+        if connection is None:
+            return
+        try:
+            await connection.scalar(
+                select(func.pg_advisory_unlock(NODE_SYNC_LOCK_SPACE, node_id))
+            )
+            await connection.commit()
+        finally:
+            await connection.close()
+
+    @aio
+    async def update_pubsub_node_extra(self, node_id: int, **values: Any) -> dict[str, Any]:
+        """Set keys of a node's ``extra`` mapping, keeping the others; return the new mapping.
+
+        A None value removes its key. Raises NotFound when the node does not exist.
+        """
+        async with self._session(write=True) as session:
+            node = await session.get(PubsubNode, node_id, with_for_update=True)
+            if node is None:
+                raise NotFound(f"pubsub node {node_id} not found in the cache")
+            extra = dict(node.extra or {})
+            for key, value in values.items():
+                if value is None:
+                    extra.pop(key, None)
+                else:
+                    extra[key] = value
+            node.extra = extra
+        return extra
+
     # Pubsub items.
 
     @aio
@@ -883,6 +958,31 @@ class Storage:
         async with self._session(write=True) as session:
             result = await session.execute(query)
             return result.rowcount
+
+    @aio
+    async def evict_pubsub_items(self, node_id: int, keep: int) -> list[str]:
+        """Delete the least recently updated items beyond the ``keep`` newest; return their ids.
+
+        This is what pubsub services do when a node holds more than its
+        ``max_items``: ejabberd 23.01 and Prosody 0.12 both drop the items
+        published or edited longest ago.
+        """
+        if keep < 0:
+            raise InvalidValue(f"keep must be 0 or more, not {keep}")
+        async with self._session(write=True) as session:
+            rows = (
+                await session.execute(
+                    select(PubsubItem.id, PubsubItem.name)
+                    .where(PubsubItem.node_id == node_id)
+                    .order_by(PubsubItem.updated.desc(), PubsubItem.id.desc())
+                    .offset(keep)
+                )
+            ).all()
+            if rows:
+                await session.execute(
+                    delete(PubsubItem).where(PubsubItem.id.in_([row.id for row in rows]))
+                )
+        return [row.name for row in rows]
 
     @aio
     async def get_pubsub_items(

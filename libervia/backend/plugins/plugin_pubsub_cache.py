@@ -35,18 +35,24 @@ from libervia.backend.core.exceptions import (
     InvalidValue,
     NotFound,
     PubsubBadRequest,
+    PubsubError,
     PubsubFeatureNotImplemented,
 )
 from libervia.backend.memory.sqla import ItemsPage
 from libervia.backend.memory.sqla_mapping import SyncState
 from libervia.backend.plugins.plugin_xep_0059 import RSMRequest, RSMResponse
 from libervia.backend.plugins.plugin_xep_0060 import (
+    EVENT_CONFIGURATION,
     EVENT_DELETE,
     EVENT_ITEMS,
     EVENT_PURGE,
+    EVENT_SUBSCRIPTION,
     NS_PUBSUB,
     TRIGGER_GET_ITEMS,
     TRIGGER_ITEMS_RECEIVED,
+    TRIGGER_NODE_CONFIGURED,
+    TRIGGER_UNSUBSCRIBED,
+    form_values,
     items_from_xml,
     parse_jid,
 )
@@ -83,6 +89,14 @@ ORDER_MODIFICATION = "modification"
 # ``extra["order_by"]`` values -> PubsubItem column that orders the items.
 ORDER_COLUMNS = {ORDER_CREATION: "created", ORDER_MODIFICATION: "updated"}
 
+# Keys of a cached node's ``extra`` mapping, besides ``publisher_in_items``:
+# the node's pubsub#max_items (an integer, or "max" for no limit; absent when
+# the profile cannot read it) and the order in which the service returns its
+# items (ORDER_CREATION or ORDER_MODIFICATION; absent until an edit shows it).
+EXTRA_MAX_ITEMS = "max_items"
+EXTRA_ITEM_ORDER = "item_order"
+MAX_ITEMS_UNLIMITED = "max"
+
 DEFAULT_SYNC_PAGE_SIZE = 100
 DEFAULT_MAX_ITEMS_PER_NODE = 10000
 # Delay before the first retry of a failed sync, doubled at each new failure
@@ -113,6 +127,21 @@ def _rsm_metadata(page: ItemsPage) -> dict[str, Any]:
     ).to_dict()
 
 
+def parse_max_items(value: Any) -> int | str | None:
+    """Read a pubsub#max_items value: an integer, MAX_ITEMS_UNLIMITED, or None when unusable."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == MAX_ITEMS_UNLIMITED:
+        return MAX_ITEMS_UNLIMITED
+    try:
+        max_items = int(value)
+    except (TypeError, ValueError):
+        log.debug("pubsub#max_items value %r ignored: not an integer nor %r", value,
+                  MAX_ITEMS_UNLIMITED)
+        return None
+    return max_items if max_items >= 0 else None
+
+
 def _payload_namespace(items: list[domish.Element]) -> str | None:
     """Return the namespace of the first payload element of the first item, if any."""
     for item in items:
@@ -138,12 +167,15 @@ class PubsubCache:
         self._syncs: dict[tuple[str, str, str], defer.Deferred] = {}
         self.hits = 0
         self.misses = 0
-        # (profile id, service, node) -> node id of the COMPLETED nodes, so the
-        # serving path reads no node row. Every state change of this process
-        # goes through _set_state or _forget_node, which keep it exact.
+        # (profile id, service, node) -> (node id, order of the service's
+        # items) of the COMPLETED nodes, so the serving path reads no node row.
+        # Every change of a node's state or item order in this process goes
+        # through _set_state or _forget_node, which keep it exact.
         # TODO: several daemons sharing one PostgreSQL database need a shared
         # invalidation (LISTEN/NOTIFY) before this memo can be trusted there.
-        self._completed: dict[tuple[int, str, str], int] = {}
+        self._completed: dict[tuple[int, str, str], tuple[int, str]] = {}
+        # Order of the items of each service (see EXTRA_ITEM_ORDER), once known.
+        self._service_orders: dict[str, str] = {}
 
         strategy = host.config.get("pubsub_cache", "strategy", STRATEGY_CACHE)
         if strategy not in (STRATEGY_CACHE, STRATEGY_NO_CACHE):
@@ -168,6 +200,14 @@ class PubsubCache:
         self._p.add_node_callback("", EVENT_ITEMS, self._on_items_event, TRIGGER_PRIORITY)
         self._p.add_node_callback("", EVENT_PURGE, self._on_purge_event, TRIGGER_PRIORITY)
         self._p.add_node_callback("", EVENT_DELETE, self._on_delete_event, TRIGGER_PRIORITY)
+        self._p.add_node_callback(
+            "", EVENT_CONFIGURATION, self._on_configuration_event, TRIGGER_PRIORITY
+        )
+        self._p.add_node_callback(
+            "", EVENT_SUBSCRIPTION, self._on_subscription_event, TRIGGER_PRIORITY
+        )
+        host.trigger.add(TRIGGER_NODE_CONFIGURED, self._node_configured_trigger, TRIGGER_PRIORITY)
+        host.trigger.add(TRIGGER_UNSUBSCRIBED, self._unsubscribed_trigger, TRIGGER_PRIORITY)
         host.bridge.register_method("ps_cache_get", self._bridge_cache_get)
         host.bridge.register_method("ps_cache_reset", self._bridge_cache_reset)
 
@@ -307,17 +347,20 @@ class PubsubCache:
             # MAM queries and any option the cache does not know change what
             # the service returns.
             return None
-        order_by = extra.get("order_by", ORDER_CREATION)
-        if order_by not in ORDER_COLUMNS:
+        order_by = extra.get("order_by")
+        if order_by is not None and order_by not in ORDER_COLUMNS:
             return None
         if rsm_request is not None and (max_items or item_ids):
             # Services disagree on how max_items or item ids combine with a page.
             return None
         service = service or client.jid.userhostJID()
-        node_id = await self._completed_node_id(client, service.full(), node)
-        if node_id is None:
+        completed = await self._completed_node(client, service.full(), node)
+        if completed is None:
             self.misses += 1
             return None
+        node_id, service_order = completed
+        # Without an explicit order, items come in the order the service uses.
+        order_by = order_by or service_order
 
         metadata: dict[str, Any] = {
             C.META_SERVICE: service.full(),
@@ -359,28 +402,32 @@ class PubsubCache:
         )
         return False, (items, metadata)
 
-    async def _completed_node_id(self, client: Any, service: str, node: str) -> int | None:
-        """Return the id of a COMPLETED node, or None when it must not be served."""
+    async def _completed_node(
+        self, client: Any, service: str, node: str,
+    ) -> tuple[int, str] | None:
+        """Return the id and item order of a COMPLETED node, or None when it must not be served."""
         key = (client.profile_id, service, node)
-        node_id = self._completed.get(key)
-        if node_id is not None:
-            return node_id
+        completed = self._completed.get(key)
+        if completed is not None:
+            return completed
         node_row = await self.host.storage.get_pubsub_node(client.profile_id, service, node)
         if node_row is None or node_row.sync_state != SyncState.COMPLETED:
             return None
-        self._completed[key] = node_row.id
-        return node_row.id
+        completed = self._completed[key] = (node_row.id, self._item_order(node_row))
+        return completed
+
+    def _item_order(self, node_row: Any) -> str:
+        """Return the order in which a node's service returns items (creation when unknown)."""
+        order = (node_row.extra or {}).get(EXTRA_ITEM_ORDER)
+        return order or self._service_orders.get(node_row.service, ORDER_CREATION)
 
     async def _set_state(
-        self, client: Any, service: str, node: str, node_id: int, state: SyncState,
+        self, client: Any, service: str, node: str, node_id: int, state: SyncState | None,
     ) -> None:
         """Store a node's sync state and keep the memo of COMPLETED nodes exact."""
-        key = (client.profile_id, service, node)
-        if state != SyncState.COMPLETED:
-            self._completed.pop(key, None)
+        # The memo is filled again from storage by the next request.
+        self._completed.pop((client.profile_id, service, node), None)
         await self.host.storage.update_pubsub_node_sync_state(node_id, state)
-        if state == SyncState.COMPLETED:
-            self._completed[key] = node_id
 
     def _forget_node(self, client: Any, service: str, node: str) -> None:
         self._completed.pop((client.profile_id, service, node), None)
@@ -469,6 +516,12 @@ class PubsubCache:
     async def _sync(
         self, client: Any, service: JID, node: str, node_id: int, analyser: dict[str, Any],
     ) -> None:
+        """Synchronise a node: subscribe, fetch every item and make storage equal to it.
+
+        A node synchronised before (at a reconnection, or after an edit that
+        showed the service's item order) is reconciled: only the items that
+        changed are written, the items gone are deleted.
+        """
         storage = self.host.storage
         key = _node_key(client, service.full(), node)
         # Events of this node wait for the lock, so one that arrives while the
@@ -483,28 +536,44 @@ class PubsubCache:
                     "profile %s: sync of node %s of %s dropped, the node left the cache",
                     client.profile, node, service.full(),
                 )
-                self.host.bridge.send_signal(
-                    "ps_cache_sync", profile=client.profile, service=service.full(),
-                    node=node, state="REMOVED",
+                self._send_sync_signal(client, service, node, "REMOVED")
+                return
+            if not await storage.try_lock_node_sync(node_id):
+                log.info(
+                    "profile %s: node %s of %s is being synchronised by another process "
+                    "sharing the database: sync skipped", client.profile, node, service.full(),
+                )
+                self._send_sync_signal(
+                    client, service, node, "LOCKED",
+                    error="another process sharing the database synchronises this node",
                 )
                 return
-            await self._set_state(client, service.full(), node, node_id, SyncState.IN_PROGRESS)
-            log.info("profile %s: syncing node %s of %s", client.profile, node, service.full())
-            await self._p.subscribe(client, service, node)
-            items = await self._fetch_node(client, service, node)
-            rows = [await self._item_row(client, service, node, item, analyser) for item in items]
-            # Notifications may carry a publisher attribute that the service
-            # omits from items results (Prosody 0.12 does). Remembering what
-            # this service returns keeps items stored from notifications equal
-            # to the items it would return.
-            publisher_in_items = any(item.hasAttribute("publisher") for item in items)
-            await storage.set_pubsub_node(
-                client.profile_id, service.full(), node,
-                extra={"publisher_in_items": publisher_in_items},
-            )
-            await storage.delete_pubsub_items(node_id)
-            await storage.cache_pubsub_items(node_id, [row for row in rows if row is not None])
-            await self._set_state(client, service.full(), node, node_id, SyncState.COMPLETED)
+            try:
+                await self._set_state(
+                    client, service.full(), node, node_id, SyncState.IN_PROGRESS
+                )
+                self._send_sync_signal(
+                    client, service, node, SyncState.IN_PROGRESS.value, items=0, count=None,
+                )
+                log.info("profile %s: syncing node %s of %s", client.profile, node, service.full())
+                await self._p.subscribe(client, service, node)
+                items = await self._fetch_node(client, service, node)
+                max_items = await self._read_max_items(client, service, node)
+                # Notifications may carry a publisher attribute that the service
+                # omits from items results (Prosody 0.12 does). Remembering what
+                # this service returns keeps items stored from notifications equal
+                # to the items it would return.
+                publisher_in_items = any(item.hasAttribute("publisher") for item in items)
+                written, deleted = await self._apply_items(
+                    client, service, node, current, analyser, items
+                )
+                await storage.update_pubsub_node_extra(
+                    node_id, publisher_in_items=publisher_in_items,
+                    **{EXTRA_MAX_ITEMS: max_items},
+                )
+                await self._set_state(client, service.full(), node, node_id, SyncState.COMPLETED)
+            finally:
+                await storage.unlock_node_sync(node_id)
         except Exception as e:
             if isinstance(e, NodeTooLarge):
                 # Retrying soon would fetch the same items again: the node is
@@ -519,10 +588,7 @@ class PubsubCache:
                     client.profile, node, service.full(), e,
                 )
             await self._set_state(client, service.full(), node, node_id, SyncState.ERROR)
-            self.host.bridge.send_signal(
-                "ps_cache_sync", profile=client.profile, service=service.full(), node=node,
-                state=SyncState.ERROR.value, error=str(e),
-            )
+            self._send_sync_signal(client, service, node, SyncState.ERROR.value, error=str(e))
             if not isinstance(e, NodeTooLarge):
                 self._schedule_retry(client, service, node, node_id, analyser)
             return
@@ -530,13 +596,150 @@ class PubsubCache:
             self._lock(key).release()
         self._failures.pop(key, None)
         log.info(
-            "profile %s: node %s of %s synchronised, items stored: %d",
-            client.profile, node, service.full(), len(items),
+            "profile %s: node %s of %s synchronised: %d items, %d written, %d deleted",
+            client.profile, node, service.full(), len(items), written, deleted,
         )
+        self._send_sync_signal(
+            client, service, node, SyncState.COMPLETED.value, items=len(items)
+        )
+
+    def _send_sync_signal(
+        self, client: Any, service: JID, node: str, state: str, **values: Any,
+    ) -> None:
+        """Send the ``ps_cache_sync`` signal: a sync's progress (IN_PROGRESS) or its end."""
         self.host.bridge.send_signal(
             "ps_cache_sync", profile=client.profile, service=service.full(), node=node,
-            state=SyncState.COMPLETED.value, items=len(items),
+            state=state, **values,
         )
+
+    async def _read_max_items(self, client: Any, service: JID, node: str) -> int | str | None:
+        """Return a node's max_items from its configuration or metadata; None when unreadable.
+
+        Only owners may read the configuration. The metadata form is open to
+        subscribers, but Prosody 0.12 and ejabberd 23.01 leave max_items out
+        of it, so other profiles mostly get None.
+        """
+        try:
+            form = await self._p.get_node_configuration(client, service, node)
+            value = form_values(form).get("pubsub#max_items")
+        except PubsubError as e:
+            log.debug(
+                "profile %s: configuration of node %s of %s not readable (%s)",
+                client.profile, node, service.full(), e,
+            )
+            try:
+                value = (await self._p.get_node_metadata(client, service, node)).get(
+                    "pubsub#max_items"
+                )
+            except PubsubError:
+                value = None
+        return parse_max_items(value)
+
+    async def _apply_items(
+        self, client: Any, service: JID, node: str, node_row: Any,
+        analyser: dict[str, Any] | None, items: list[domish.Element],
+    ) -> tuple[int, int]:
+        """Make the stored items of a node equal to ``items``, the service's full answer.
+
+        Unchanged items are not written again. When the stored order differs
+        from the service's, the items from the first difference on are
+        written again in the service's order. Also learns the service's item
+        order when the answer shows it. Returns the numbers of items written
+        and deleted.
+        """
+        storage = self.host.storage
+        live: dict[str, domish.Element] = {}
+        for item in items:
+            item_id = item.getAttribute("id")
+            if not item_id:
+                log.debug(
+                    "profile %s: item without id dropped from %s node %s",
+                    client.profile, service.full(), node,
+                )
+                continue
+            live.pop(item_id, None)
+            live[item_id] = item
+        live_xml = {item_id: _item_xml(item) for item_id, item in live.items()}
+        live_ids = list(live)
+
+        stored = {row.name: row for row in await storage.get_pubsub_items(node_row.id)}
+        unchanged = [
+            item_id for item_id in live_ids
+            if item_id in stored and stored[item_id].data == live_xml[item_id]
+        ]
+        item_order = (node_row.extra or {}).get(EXTRA_ITEM_ORDER) or self._infer_order(
+            service.full(), stored, unchanged
+        )
+        if item_order is not None and (node_row.extra or {}).get(EXTRA_ITEM_ORDER) != item_order:
+            await storage.update_pubsub_node_extra(node_row.id, **{EXTRA_ITEM_ORDER: item_order})
+
+        deleted = [item_id for item_id in stored if item_id not in live]
+        unchanged_set = set(unchanged)
+        changed = [item_id for item_id in live_ids if item_id not in unchanged_set]
+        changed_set = set(changed)
+        # The order storage will have after the writes: unchanged items keep
+        # their place, and written items go last unless the service orders by
+        # creation and already had them.
+        column = ORDER_COLUMNS[item_order or ORDER_CREATION]
+        kept = sorted(
+            (row for item_id, row in stored.items() if item_id in live),
+            key=lambda row: (getattr(row, column), row.id),
+        )
+        if item_order == ORDER_MODIFICATION:
+            expected = [row.name for row in kept if row.name not in changed_set] + changed
+        else:
+            expected = [row.name for row in kept] + [i for i in changed if i not in stored]
+        to_write = changed
+        if expected != live_ids:
+            first_difference = next(
+                (index for index, (a, b) in enumerate(zip(expected, live_ids)) if a != b),
+                min(len(expected), len(live_ids)),
+            )
+            tail = live_ids[first_difference:]
+            # Delete then insert again, so that these items get new times in
+            # the service's order.
+            await storage.delete_pubsub_items(node_row.id, tail)
+            tail_set = set(tail)
+            to_write = [item_id for item_id in changed if item_id not in tail_set] + tail
+        if deleted:
+            await storage.delete_pubsub_items(node_row.id, deleted)
+        rows = []
+        for item_id in to_write:
+            row = await self._item_row(client, service, node, live[item_id], analyser)
+            if row is not None:
+                rows.append(row)
+        if rows:
+            await storage.cache_pubsub_items(node_row.id, rows)
+        return len(rows), len(deleted)
+
+    def _infer_order(
+        self, service: str, stored: dict[str, Any], unchanged_live_ids: list[str],
+    ) -> str | None:
+        """Tell the service's item order from the unchanged items of a fresh answer.
+
+        Both orders list these items alike until an item was edited: then
+        only one of them matches the service's answer. Returns None when the
+        answer cannot tell, and the service's order when already known.
+        """
+        known = self._service_orders.get(service)
+        if known is not None:
+            return known
+        rows = [stored[item_id] for item_id in unchanged_live_ids]
+        by_creation = [row.name for row in sorted(rows, key=lambda row: (row.created, row.id))]
+        by_modification = [
+            row.name for row in sorted(rows, key=lambda row: (row.updated, row.id))
+        ]
+        if by_creation == by_modification:
+            return None
+        if unchanged_live_ids == by_modification:
+            order = ORDER_MODIFICATION
+        elif unchanged_live_ids == by_creation:
+            order = ORDER_CREATION
+        else:
+            return None
+        self._service_orders[service] = order
+        log.info("service %s returns pubsub items in order of %s", service, order)
+        return order
 
     def _schedule_retry(
         self, client: Any, service: JID, node: str, node_id: int, analyser: dict[str, Any],
@@ -611,6 +814,10 @@ class PubsubCache:
                 fetched[item_id or f"\0{len(fetched)}"] = item
             if len(fetched) > limit:
                 raise NodeTooLarge(f"more than the limit of {limit} items")
+            self._send_sync_signal(
+                client, service, node, SyncState.IN_PROGRESS.value, items=len(fetched),
+                count=count,
+            )
             if repeated:
                 log.debug(
                     "profile %s: page %d of %s node %s repeats items: paging stopped",
@@ -660,25 +867,42 @@ class PubsubCache:
         return item_id, _item_xml(item), parsed, item.getAttribute("publisher")
 
     async def profile_connected(self, client: Any) -> None:
-        """Restart the syncs left unfinished by a stop or a crash."""
+        """Sync a profile's nodes again at each connection, daemon start included.
+
+        Nodes left IN_PROGRESS or in ERROR are synchronised, and COMPLETED
+        nodes are reconciled: the items published, edited or retracted while
+        the profile was offline are applied. They are not served until then.
+        """
         nodes = await self.host.storage.get_pubsub_nodes(profile_id=client.profile_id)
         for node_row in nodes:
-            if node_row.sync_state not in (SyncState.IN_PROGRESS, SyncState.ERROR):
+            if node_row.sync_state not in (
+                SyncState.IN_PROGRESS, SyncState.ERROR, SyncState.COMPLETED
+            ):
                 continue
             analyser = self.analysers.get(node_row.analyser or "")
             if analyser is None or not analyser["to_sync"]:
                 continue
-            # TODO: COMPLETED nodes should be reconciled here (items published or
-            # retracted while the profile was offline are not seen yet).
+            if node_row.sync_state == SyncState.COMPLETED:
+                # Stop serving it now, not when the sync task gets the lock.
+                await self._set_state(
+                    client, node_row.service, node_row.name, node_row.id,
+                    SyncState.IN_PROGRESS,
+                )
+            # NOTE: reconciling fetches every item again. An item id listing
+            # (disco#items) is cheaper, but Prosody 0.12 and ejabberd 23.01
+            # give no modification time with it, so it cannot reveal items
+            # edited while the profile was offline.
             self.start_sync(client, JID(node_row.service), node_row.name, node_row.id, analyser)
 
     # events
 
     async def _cached_node(self, client: Any, event: Any) -> Any:
         service = event.sender.full() if event.sender else client.jid.userhost()
-        node_row = await self.host.storage.get_pubsub_node(
-            client.profile_id, service, event.nodeIdentifier
-        )
+        return await self._synced_node_row(client, service, event.nodeIdentifier)
+
+    async def _synced_node_row(self, client: Any, service: str, node: str) -> Any:
+        """Return the node row when the node is COMPLETED or IN_PROGRESS, else None."""
+        node_row = await self.host.storage.get_pubsub_node(client.profile_id, service, node)
         if node_row is None or node_row.sync_state not in (
             SyncState.COMPLETED, SyncState.IN_PROGRESS
         ):
@@ -693,12 +917,15 @@ class PubsubCache:
         node = node_row.name
         analyser = self.analysers.get(node_row.analyser or "")
         key = _node_key(client, node_row.service, node)
+        storage = self.host.storage
+        resync = False
         await self._lock(key).acquire()
         try:
             # A sync may have run while this event waited for the lock.
             node_row = await self._cached_node(client, event)
             if node_row is None:
                 return
+            extra = node_row.extra or {}
             published: list[tuple[str, str, dict | None, str | None]] = []
             retracted: list[str] = []
             for elt in event.items:
@@ -719,22 +946,50 @@ class PubsubCache:
                         continue
                     elt = fetched[0]
                 publisher = elt.getAttribute("publisher")
-                if publisher and not (node_row.extra or {}).get("publisher_in_items", True):
+                if publisher and not extra.get("publisher_in_items", True):
                     del elt.attributes["publisher"]
                 row = await self._item_row(client, service, node, elt, analyser)
                 if row is not None:
                     # The publisher column keeps it, whatever the XML shows.
                     published.append(row[:3] + (publisher or row[3],))
+            evicted: list[str] = []
             if published:
-                await self.host.storage.cache_pubsub_items(node_row.id, published)
+                edited = await storage.get_pubsub_items(
+                    node_row.id, item_ids=[row[0] for row in published]
+                )
+                if edited and self._item_order(node_row) == ORDER_CREATION and not (
+                    extra.get(EXTRA_ITEM_ORDER)
+                    or node_row.service in self._service_orders
+                ):
+                    # Services order edited items either where they were
+                    # created (ejabberd 23.01) or last (Prosody 0.12). Until
+                    # a full answer shows which, the node is not served.
+                    resync = await self._edit_moves_order(node_row, edited)
+                await storage.cache_pubsub_items(node_row.id, published)
+                max_items = extra.get(EXTRA_MAX_ITEMS)
+                if isinstance(max_items, int):
+                    evicted = await storage.evict_pubsub_items(node_row.id, max_items)
             if retracted:
-                await self.host.storage.delete_pubsub_items(node_row.id, retracted)
+                await storage.delete_pubsub_items(node_row.id, retracted)
+            if resync:
+                await self._set_state(
+                    client, node_row.service, node, node_row.id, SyncState.IN_PROGRESS
+                )
         finally:
             self._lock(key).release()
         log.debug(
-            "profile %s: %s node %s: %d items stored, %d retracted from notification",
+            "profile %s: %s node %s: %d items stored, %d retracted, %d evicted from notification",
             client.profile, node_row.service, node, len(published), len(retracted),
+            len(evicted),
         )
+        if resync and analyser is not None:
+            self.start_sync(client, service, node, node_row.id, analyser)
+
+    async def _edit_moves_order(self, node_row: Any, edited: list[Any]) -> bool:
+        """Tell whether editing these items could order creation and modification differently."""
+        newest = await self.host.storage.get_pubsub_items(node_row.id, max_items=1)
+        # Editing the newest item keeps it last in both orders.
+        return not (len(edited) == 1 and newest and newest[0].name == edited[0].name)
 
     async def _on_purge_event(self, client: Any, event: Any) -> None:
         node_row = await self._cached_node(client, event)
@@ -752,6 +1007,140 @@ class PubsubCache:
             client.profile_id, node_row.service, node_row.name
         )
         log.info("profile %s: %s node %s deleted", client.profile, node_row.service, node_row.name)
+
+    async def _on_configuration_event(self, client: Any, event: Any) -> None:
+        node_row = await self._cached_node(client, event)
+        if node_row is None:
+            return
+        if event.configuration is not None and "pubsub#max_items" in event.configuration:
+            max_items = parse_max_items(event.configuration["pubsub#max_items"])
+        else:
+            max_items = await self._read_max_items(client, JID(node_row.service), node_row.name)
+        await self._configuration_changed(client, node_row, max_items)
+
+    async def _node_configured_trigger(
+        self, client: Any, service: JID | None, node: str, options: dict[str, Any],
+    ) -> None:
+        """Apply a configuration change made by the profile itself.
+
+        Not every service notifies subscribers of configuration changes
+        (Prosody 0.12 does not), so the profile's own changes are applied here.
+        """
+        service_name = (service or client.jid.userhostJID()).full()
+        try:
+            node_row = await self._synced_node_row(client, service_name, node)
+            if node_row is None:
+                return
+            if "pubsub#max_items" in options:
+                max_items = parse_max_items(options["pubsub#max_items"])
+            else:
+                max_items = (node_row.extra or {}).get(EXTRA_MAX_ITEMS)
+            await self._configuration_changed(client, node_row, max_items)
+        except Exception:
+            log.exception(
+                "profile %s: applying the new configuration of node %s of %s to the cache "
+                "failed", client.profile, node, service_name,
+            )
+
+    async def _configuration_changed(
+        self, client: Any, node_row: Any, max_items: int | str | None,
+    ) -> None:
+        """Store a node's new max_items and drop the items the service dropped.
+
+        Services apply a lower max_items differently (Prosody 0.12 at once,
+        ejabberd 23.01 at the next publish), so the cache asks which item ids
+        are left instead of evicting by itself. When the service does not
+        list them, the node is synchronised again.
+        """
+        service = JID(node_row.service)
+        node = node_row.name
+        key = _node_key(client, node_row.service, node)
+        resync = False
+        await self._lock(key).acquire()
+        try:
+            node_row = await self._synced_node_row(client, node_row.service, node)
+            if node_row is None:
+                return
+            await self.host.storage.update_pubsub_node_extra(
+                node_row.id, **{EXTRA_MAX_ITEMS: max_items}
+            )
+            try:
+                listed = set(await self._p.get_item_ids(client, service, node))
+            except PubsubError as e:
+                log.info(
+                    "profile %s: %s does not list the items of node %s (%s): syncing it again",
+                    client.profile, service.full(), node, e,
+                )
+                resync = True
+                await self._set_state(
+                    client, node_row.service, node, node_row.id, SyncState.IN_PROGRESS
+                )
+            else:
+                stored = await self.host.storage.get_pubsub_items(node_row.id)
+                gone = [row.name for row in stored if row.name not in listed]
+                if gone:
+                    await self.host.storage.delete_pubsub_items(node_row.id, gone)
+                log.info(
+                    "profile %s: configuration of %s node %s changed: max_items %s, %d items "
+                    "dropped", client.profile, service.full(), node, max_items, len(gone),
+                )
+        finally:
+            self._lock(key).release()
+        analyser = self.analysers.get(node_row.analyser or "")
+        if resync and analyser is not None:
+            self.start_sync(client, service, node, node_row.id, analyser)
+
+    async def _on_subscription_event(self, client: Any, event: Any) -> None:
+        subscriber = event.subscriber
+        if subscriber is not None and subscriber.userhost() != client.jid.userhost():
+            return
+        service = event.sender.full() if event.sender else client.jid.userhost()
+        node = event.nodeIdentifier
+        if event.state == "subscribed":
+            node_row = await self.host.storage.get_pubsub_node(client.profile_id, service, node)
+            analyser = self.analysers.get((node_row.analyser if node_row else None) or "")
+            if node_row is not None and node_row.sync_state is None and analyser is not None \
+                    and analyser["to_sync"]:
+                self.start_sync(client, JID(service), node, node_row.id, analyser)
+        elif event.state == "none":
+            await self._unsubscribed(client, service, node)
+
+    async def _unsubscribed_trigger(
+        self, client: Any, service: JID | None, node: str, subscriber: JID,
+        sub_id: str | None,
+    ) -> None:
+        if subscriber.userhost() != client.jid.userhost():
+            return
+        service_name = (service or client.jid.userhostJID()).full()
+        try:
+            await self._unsubscribed(client, service_name, node)
+        except Exception:
+            log.exception(
+                "profile %s: removing unsubscribed node %s of %s from the cache failed",
+                client.profile, node, service_name,
+            )
+
+    async def _unsubscribed(self, client: Any, service: str, node: str) -> None:
+        """Stop serving a node the profile is no longer subscribed to, and drop its items.
+
+        Without a subscription no notification keeps the node exact. It stays
+        analysed, and is synchronised again by ``li pubsub cache sync`` or
+        when the service reports a new subscription.
+        """
+        key = _node_key(client, service, node)
+        await self._lock(key).acquire()
+        try:
+            node_row = await self._synced_node_row(client, service, node)
+            if node_row is None:
+                return
+            await self._set_state(client, service, node, node_row.id, None)
+            await self.host.storage.delete_pubsub_items(node_row.id)
+        finally:
+            self._lock(key).release()
+        log.info(
+            "profile %s: no longer subscribed to node %s of %s: not served from the cache "
+            "until synchronised again", client.profile, node, service,
+        )
 
     # bridge
 

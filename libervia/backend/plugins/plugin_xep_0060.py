@@ -92,10 +92,17 @@ NS_PUBSUB_PUBLISH_OPTIONS = NS_PUBSUB + "#publish-options"
 NS_PUBSUB_NODE_CONFIG = pubsub.NS_PUBSUB_NODE_CONFIG
 NS_PUBSUB_SUBSCRIBE_OPTIONS = pubsub.NS_PUBSUB_SUBSCRIBE_OPTIONS
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_PUBSUB_META_DATA = "http://jabber.org/protocol/pubsub#meta-data"
 NS_DELAY = "urn:xmpp:delay"
 
 TRIGGER_GET_ITEMS = "XEP-0060_get_items"
 TRIGGER_ITEMS_RECEIVED = "XEP-0060_items_received"
+#: Points run after the service accepted a request of the profile, with the
+#: request's arguments: ``(client, service, node, options)`` and
+#: ``(client, service, node, subscriber, sub_id)``.
+TRIGGER_NODE_CONFIGURED = "XEP-0060_node_configured"
+TRIGGER_UNSUBSCRIBED = "XEP-0060_unsubscribed"
 
 EVENT_ITEMS = "items"
 EVENT_DELETE = "delete"
@@ -581,6 +588,8 @@ class XEP_0060:
     def __init__(self, host: Any) -> None:
         self.host = host
         self._callbacks: list[_NodeCallback] = []
+        #: Last notification run of each profile (see dispatch_event).
+        self._event_runs: dict[str, defer.Deferred[None]] = {}
         methods = {
             "ps_items_get": self._bridge_items_get,
             "ps_publish": self._bridge_publish,
@@ -869,6 +878,9 @@ class XEP_0060:
         request.subscriber = subscriber or client.jid.userhostJID()
         request.subscriptionIdentifier = sub_id
         await self._send(client, request, service, node, "unsubscribing")
+        await self.host.trigger.point(
+            TRIGGER_UNSUBSCRIBED, client, service, node, request.subscriber, sub_id
+        )
 
     async def get_subscription_options(
         self,
@@ -1041,6 +1053,10 @@ class XEP_0060:
             form.makeFields(options)
             request.options = form
         await self._send(client, request, service, node, "configuring node")
+        if options is not None:
+            await self.host.trigger.point(
+                TRIGGER_NODE_CONFIGURED, client, service, node, dict(options)
+            )
 
     async def get_default_node_configuration(
         self, client: Any, service: JID | None, node_type: str = "leaf",
@@ -1185,6 +1201,49 @@ class XEP_0060:
             if elt.hasAttribute("var")
         )
 
+    async def get_item_ids(self, client: Any, service: JID | None, node: str) -> list[str]:
+        """List the ids of a node's items by disco#items (XEP-0060 §5.5), in the service's order.
+
+        Services list the ids without the payloads, so this costs far less
+        than getting the items. Raises a PubsubError subclass when the
+        service refuses the request.
+        """
+        _check_node(node, "list item ids")
+        iq = IQ(self._xmlstream(client), "get")
+        query = iq.addElement((NS_DISCO_ITEMS, "query"))
+        query["node"] = node
+        if service is not None:
+            iq["to"] = service.full()
+        result = await self._wait_response(client, iq.send(), service, node, "listing item ids")
+        query = next(result.elements(NS_DISCO_ITEMS, "query"), None)
+        if query is None:
+            return []
+        return [
+            elt["name"] for elt in query.elements(NS_DISCO_ITEMS, "item")
+            if elt.getAttribute("name")
+        ]
+
+    async def get_node_metadata(
+        self, client: Any, service: JID | None, node: str,
+    ) -> dict[str, Any]:
+        """Return the meta-data form values of a node's disco#info (XEP-0060 §5.4).
+
+        Any subscriber may read it, unlike the configuration. Returns an empty
+        dict when the service sends no meta-data form.
+        """
+        _check_node(node, "get node metadata")
+        iq = IQ(self._xmlstream(client), "get")
+        query = iq.addElement((NS_DISCO_INFO, "query"))
+        query["node"] = node
+        if service is not None:
+            iq["to"] = service.full()
+        result = await self._wait_response(
+            client, iq.send(), service, node, "getting node metadata"
+        )
+        query = next(result.elements(NS_DISCO_INFO, "query"), None)
+        form = None if query is None else data_form.findForm(query, NS_PUBSUB_META_DATA)
+        return {} if form is None else form_values(form)
+
     async def has_feature(self, client: Any, service: JID | None, feature: str) -> bool:
         """Tell whether a service announces ``feature`` (cached as in get_features)."""
         return feature in await self.get_features(client, service)
@@ -1228,7 +1287,31 @@ class XEP_0060:
         """
         node = event.nodeIdentifier or ""
         callbacks = [entry.callback for entry in self._callbacks if entry.matches(kind, node)]
-        return defer.ensureDeferred(self._run_callbacks(client, kind, event, callbacks))
+        # Callbacks wait for storage, so two notifications handled at once
+        # could be applied out of order (a publish after the retract that
+        # followed it). Each run of a client starts when the previous one ended.
+        previous = self._event_runs.get(client.profile)
+
+        async def run() -> None:
+            if previous is not None:
+                await previous
+            await self._run_callbacks(client, kind, event, callbacks)
+
+        d = defer.ensureDeferred(run())
+        self._event_runs[client.profile] = d
+
+        def forget(result: Any) -> Any:
+            if self._event_runs.get(client.profile) is d:
+                del self._event_runs[client.profile]
+            return result
+
+        d.addBoth(forget)
+        return d
+
+    async def wait_events(self, client: Any) -> None:
+        """Wait until every notification received so far by a client has been handled."""
+        while (run := self._event_runs.get(client.profile)) is not None:
+            await run
 
     async def _run_callbacks(
         self, client: Any, kind: str, event: Any, callbacks: list[Callable[..., Any]],

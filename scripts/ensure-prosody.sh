@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the programs the integration tests run are installed: prosody,
-# prosodyctl and openssl. Missing ones are installed from the Debian
-# packages, as root or through passwordless sudo.
+# prosodyctl, openssl, and lua-dbi-sqlite3 (the SQLite driver of Prosody's
+# SQL storage, which the test servers use). Missing ones are installed from
+# the Debian packages, as root or through passwordless sudo.
 #
 # The tests start Prosody themselves from a config of their own, so the
 # system service must not start during the install: a policy-rc.d that
@@ -22,6 +23,9 @@ if ! have prosody || ! have prosodyctl; then
 fi
 if ! have openssl; then
     packages+=(openssl)
+fi
+if ! dpkg-query -W -f '${Status}' lua-dbi-sqlite3 2>/dev/null | grep -q "ok installed"; then
+    packages+=(lua-dbi-sqlite3)
 fi
 if [ "${#packages[@]}" -eq 0 ]; then
     exit 0

@@ -6,9 +6,11 @@ stops it by PID. Each instance listens on its own free port, so several
 servers can run at once, next to a system-wide Prosody if there is one.
 
 The constructor creates the folder, certificate and configuration, so
-accounts can be registered before the server starts. Storage is in memory,
-except for accounts: ``prosodyctl register`` runs in a separate process, so
-accounts go to Prosody's file storage, where the server finds them.
+accounts can be registered before the server starts. Data goes to an SQLite
+database in that folder (Prosody's SQL storage, which needs the Debian
+package lua-dbi-sqlite3), except for accounts: ``prosodyctl register`` runs
+in a separate process and writes them to Prosody's file storage, where the
+server finds them.
 """
 
 from __future__ import annotations
@@ -327,12 +329,19 @@ class ProsodyServer:
             f"modules_disabled = {lua_list(['s2s', 's2s_auth_certs'])}",
             "",
             'authentication = "internal_hashed"',
-            # prosodyctl register writes accounts from its own process, so
-            # they cannot live in the server's memory.
-            'default_storage = "memory"',
+            # Prosody 0.12.3's memory store corrupts a pubsub node when an
+            # item is published again under an id it holds: its index of
+            # item positions goes stale, so a later edit removes another
+            # item and the node lists an id twice. Its file store rewrites a
+            # node's whole archive on each publish. SQLite (mod_storage_sql
+            # with the Debian package lua-dbi-sqlite3) has neither problem.
+            'default_storage = "sql"',
+            'sql = { driver = "SQLite3", database = "prosody.sqlite" }',
+            # prosodyctl register writes accounts from its own process, into
+            # files that the server reads.
             'storage = { accounts = "internal" }',
-            # The memory store rejects an item beyond this count with
-            # internal-server-error (default 1,000 in Prosody 0.12).
+            # Prosody 0.12 archive stores may reject items beyond this count
+            # with internal-server-error.
             "storage_archive_item_limit = 100000",
             # Caps on pubsub#max_items for PEP and component nodes (default 256).
             "pep_max_items = 10000",

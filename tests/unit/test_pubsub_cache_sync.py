@@ -120,8 +120,16 @@ async def run_sync(
             continue
         set_elt = find_set(pubsub)
         request = None if set_elt is None else RSMRequest.from_element(set_elt)
-        requests.append(request)
-        answer = script(request)
+        max_items = next(pubsub.elements(NS_PUBSUB, "items")).getAttribute("max_items")
+        if max_items is not None:
+            # The request telling the order of max_items results: this
+            # service sends the newest items oldest first.
+            answer = script(None)
+            if not isinstance(answer, str):
+                answer = (answer[0][-int(max_items):], None)
+        else:
+            requests.append(request)
+            answer = script(request)
         if isinstance(answer, str):
             client.xmlstream.respond_error(stanza, answer)
             continue

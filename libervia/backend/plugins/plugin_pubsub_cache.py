@@ -95,6 +95,9 @@ ORDER_COLUMNS = {ORDER_CREATION: "created", ORDER_MODIFICATION: "updated"}
 # items (ORDER_CREATION or ORDER_MODIFICATION; absent until an edit shows it).
 EXTRA_MAX_ITEMS = "max_items"
 EXTRA_ITEM_ORDER = "item_order"
+# True when the service returns the items of a max_items request newest first
+# (ejabberd 23.01 with SQL storage), False when oldest first (Prosody 0.12).
+EXTRA_NEWEST_FIRST = "max_items_newest_first"
 MAX_ITEMS_UNLIMITED = "max"
 
 DEFAULT_SYNC_PAGE_SIZE = 100
@@ -173,9 +176,11 @@ class PubsubCache:
         # through _set_state or _forget_node, which keep it exact.
         # TODO: several daemons sharing one PostgreSQL database need a shared
         # invalidation (LISTEN/NOTIFY) before this memo can be trusted there.
-        self._completed: dict[tuple[int, str, str], tuple[int, str]] = {}
-        # Order of the items of each service (see EXTRA_ITEM_ORDER), once known.
+        self._completed: dict[tuple[int, str, str], tuple[int, str, bool]] = {}
+        # Order of the items of each service (see EXTRA_ITEM_ORDER), and
+        # whether it returns max_items results newest first, once known.
         self._service_orders: dict[str, str] = {}
+        self._service_newest_first: dict[str, bool] = {}
 
         strategy = host.config.get("pubsub_cache", "strategy", STRATEGY_CACHE)
         if strategy not in (STRATEGY_CACHE, STRATEGY_NO_CACHE):
@@ -358,7 +363,7 @@ class PubsubCache:
         if completed is None:
             self.misses += 1
             return None
-        node_id, service_order = completed
+        node_id, service_order, newest_first = completed
         # Without an explicit order, items come in the order the service uses.
         order_by = order_by or service_order
 
@@ -375,6 +380,8 @@ class PubsubCache:
                 order_by=ORDER_COLUMNS[order_by],
             )
             metadata[C.META_COMPLETE] = max_items is None and not item_ids
+            if max_items is not None and newest_first:
+                xmls.reverse()
         else:
             page = await self.host.storage.get_pubsub_items_page(
                 node_id,
@@ -404,8 +411,11 @@ class PubsubCache:
 
     async def _completed_node(
         self, client: Any, service: str, node: str,
-    ) -> tuple[int, str] | None:
-        """Return the id and item order of a COMPLETED node, or None when it must not be served."""
+    ) -> tuple[int, str, bool] | None:
+        """Return id, item order and max_items direction of a COMPLETED node.
+
+        Returns None when the node must not be served.
+        """
         key = (client.profile_id, service, node)
         completed = self._completed.get(key)
         if completed is not None:
@@ -413,7 +423,12 @@ class PubsubCache:
         node_row = await self.host.storage.get_pubsub_node(client.profile_id, service, node)
         if node_row is None or node_row.sync_state != SyncState.COMPLETED:
             return None
-        completed = self._completed[key] = (node_row.id, self._item_order(node_row))
+        newest_first = (node_row.extra or {}).get(EXTRA_NEWEST_FIRST)
+        if newest_first is None:
+            newest_first = self._service_newest_first.get(node_row.service, False)
+        completed = self._completed[key] = (
+            node_row.id, self._item_order(node_row), newest_first
+        )
         return completed
 
     def _item_order(self, node_row: Any) -> str:
@@ -559,6 +574,7 @@ class PubsubCache:
                 await self._p.subscribe(client, service, node)
                 items = await self._fetch_node(client, service, node)
                 max_items = await self._read_max_items(client, service, node)
+                newest_first = await self._max_items_direction(client, service, node, items)
                 # Notifications may carry a publisher attribute that the service
                 # omits from items results (Prosody 0.12 does). Remembering what
                 # this service returns keeps items stored from notifications equal
@@ -569,7 +585,7 @@ class PubsubCache:
                 )
                 await storage.update_pubsub_node_extra(
                     node_id, publisher_in_items=publisher_in_items,
-                    **{EXTRA_MAX_ITEMS: max_items},
+                    **{EXTRA_MAX_ITEMS: max_items, EXTRA_NEWEST_FIRST: newest_first},
                 )
                 await self._set_state(client, service.full(), node, node_id, SyncState.COMPLETED)
             finally:
@@ -611,6 +627,39 @@ class PubsubCache:
             "ps_cache_sync", profile=client.profile, service=service.full(), node=node,
             state=state, **values,
         )
+
+    async def _max_items_direction(
+        self, client: Any, service: JID, node: str, items: list[domish.Element],
+    ) -> bool | None:
+        """Return whether the service sends max_items results newest first, or None if unknown.
+
+        XEP-0060 leaves that order open and the servers differ. The first
+        sync of a node of 2 items or more on a service asks it for the 2
+        newest items, once per service and daemon run.
+        """
+        known = self._service_newest_first.get(service.full())
+        if known is not None:
+            return known
+        ids = [item.getAttribute("id") for item in items if item.getAttribute("id")]
+        if len(set(ids)) < 2:
+            return None
+        probe, _ = await self._p.get_items(
+            client, service, node, max_items=2, extra={"use_cache": False}
+        )
+        probe_ids = [item.getAttribute("id") for item in probe]
+        if probe_ids == ids[-2:]:
+            newest_first = False
+        elif probe_ids == ids[-2:][::-1]:
+            newest_first = True
+        else:
+            # The node changed between the two requests.
+            return None
+        self._service_newest_first[service.full()] = newest_first
+        log.info(
+            "service %s returns max_items results %s first", service.full(),
+            "newest" if newest_first else "oldest",
+        )
+        return newest_first
 
     async def _read_max_items(self, client: Any, service: JID, node: str) -> int | str | None:
         """Return a node's max_items from its configuration or metadata; None when unreadable.
@@ -794,6 +843,9 @@ class PubsubCache:
         if metadata.get("rsm_ignored", True):
             if len(items) > limit:
                 raise NodeTooLarge(f"{len(items)} items, more than the limit of {limit}")
+            self._send_sync_signal(
+                client, service, node, SyncState.IN_PROGRESS.value, items=len(items), count=None,
+            )
             return items
 
         fetched: dict[str, domish.Element] = {}
@@ -954,9 +1006,16 @@ class PubsubCache:
                     published.append(row[:3] + (publisher or row[3],))
             evicted: list[str] = []
             if published:
-                edited = await storage.get_pubsub_items(
-                    node_row.id, item_ids=[row[0] for row in published]
-                )
+                stored = {
+                    row.name: row.data for row in await storage.get_pubsub_items(
+                        node_row.id, item_ids=[row[0] for row in published]
+                    )
+                }
+                # Services send the last item again on subscription or presence
+                # (send_last_published_item): an unchanged item is not written,
+                # so it keeps its modification time and place.
+                published = [row for row in published if stored.get(row[0]) != row[1]]
+                edited = [row[0] for row in published if row[0] in stored]
                 if edited and self._item_order(node_row) == ORDER_CREATION and not (
                     extra.get(EXTRA_ITEM_ORDER)
                     or node_row.service in self._service_orders
@@ -965,7 +1024,8 @@ class PubsubCache:
                     # created (ejabberd 23.01) or last (Prosody 0.12). Until
                     # a full answer shows which, the node is not served.
                     resync = await self._edit_moves_order(node_row, edited)
-                await storage.cache_pubsub_items(node_row.id, published)
+                if published:
+                    await storage.cache_pubsub_items(node_row.id, published)
                 max_items = extra.get(EXTRA_MAX_ITEMS)
                 if isinstance(max_items, int):
                     evicted = await storage.evict_pubsub_items(node_row.id, max_items)
@@ -985,11 +1045,11 @@ class PubsubCache:
         if resync and analyser is not None:
             self.start_sync(client, service, node, node_row.id, analyser)
 
-    async def _edit_moves_order(self, node_row: Any, edited: list[Any]) -> bool:
+    async def _edit_moves_order(self, node_row: Any, edited: list[str]) -> bool:
         """Tell whether editing these items could order creation and modification differently."""
         newest = await self.host.storage.get_pubsub_items(node_row.id, max_items=1)
         # Editing the newest item keeps it last in both orders.
-        return not (len(edited) == 1 and newest and newest[0].name == edited[0].name)
+        return not (edited == [newest[0].name] if newest else False)
 
     async def _on_purge_event(self, client: Any, event: Any) -> None:
         node_row = await self._cached_node(client, event)

@@ -557,6 +557,12 @@ def run_cache_get(ctx: Context, args: argparse.Namespace) -> int:
         f"sync state {state}{since_text}",
         style="bold",
     )
+    if node.get("max_items") is not None or node.get("item_order"):
+        max_items = node.get("max_items")
+        ctx.output.line(
+            f"max items {'unknown' if max_items is None else max_items}, "
+            f"items ordered by {node.get('item_order') or 'creation (assumed)'}"
+        )
 
     rows = []
     for item in result.get("items", []):

@@ -295,3 +295,36 @@ class NodeCommandTests:
         )
         assert code == 0
         assert out.splitlines()[1:] == ["alice@example.org  owner"]
+
+
+class SyncWaitTests:
+    """``li pubsub cache sync`` waiting for the end of a sync among the daemon's signals."""
+
+    class Bridge:
+        def __init__(self, signals: list[tuple[str, dict[str, Any]]]) -> None:
+            self.signals = signals
+
+        def iter_signals(self, timeout: float | None = None) -> Any:
+            yield from self.signals
+
+    def test_progress_then_end(self) -> None:
+        from types import SimpleNamespace
+
+        from libervia.cli.cmd_pubsub import wait_sync_end
+
+        node = {"profile": "bob", "service": "pubsub.example.org", "node": "blog"}
+        signals = [
+            ("ps_cache_sync", {**node, "state": "IN_PROGRESS", "items": 0, "count": None}),
+            ("ps_event", {**node, "type": "items"}),
+            ("ps_cache_sync", {**node, "node": "other", "state": "COMPLETED", "items": 1}),
+            ("ps_cache_sync", {**node, "state": "IN_PROGRESS", "items": 100, "count": 150}),
+            ("ps_cache_sync", {**node, "state": "COMPLETED", "items": 150}),
+        ]
+        ctx = SimpleNamespace(bridge=self.Bridge(signals), timeout=5.0)
+        progress: list[tuple[int, int | None]] = []
+
+        end = wait_sync_end(ctx, node, lambda s: progress.append((s["items"], s["count"])))
+
+        assert end["state"] == "COMPLETED"
+        assert end["items"] == 150
+        assert progress == [(0, None), (100, 150)]

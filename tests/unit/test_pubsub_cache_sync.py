@@ -313,3 +313,94 @@ class RetryTests:
 
         assert cache._retry_calls == {}
         assert cache._failures == {}
+
+
+def record_signals(cache: PubsubCache) -> list[dict[str, Any]]:
+    """Return the list that the ``ps_cache_sync`` signals of ``cache`` are appended to."""
+    signals: list[dict[str, Any]] = []
+    send_signal = cache.host.bridge.send_signal
+
+    def record(name: str, **kwargs: Any) -> None:
+        if name == "ps_cache_sync":
+            signals.append(kwargs)
+        send_signal(name, **kwargs)
+
+    cache.host.bridge.send_signal = record
+    return signals
+
+
+class ProgressSignalTests:
+    @pytest_twisted.ensureDeferred
+    async def test_one_signal_per_page(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage, "[pubsub_cache]\nsync_page_size = 10\n")
+        signals = record_signals(cache)
+
+        await run_sync(cache, client, paging_service(IDS))
+
+        assert [(s["state"], s.get("items"), s.get("count")) for s in signals] == [
+            ("IN_PROGRESS", 0, None),
+            ("IN_PROGRESS", 10, 25),
+            ("IN_PROGRESS", 20, 25),
+            ("IN_PROGRESS", 25, 25),
+            ("COMPLETED", 25, None),
+        ]
+
+
+class ReconcileTests:
+    """A second sync of a node makes storage equal to the service, writing only what changed."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_changes_applied(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage)
+        await run_sync(cache, client, paging_service(IDS))
+        node_row = await storage.get_pubsub_node(client.profile_id, SERVICE.full(), NODE)
+        before = {row.name: row.updated for row in await storage.get_pubsub_items(node_row.id)}
+        changed = [i for i in IDS if i not in ("i03", "i10")] + ["new1", "new2"]
+
+        await run_sync(cache, client, paging_service(changed))
+        after = {row.name: row.updated for row in await storage.get_pubsub_items(node_row.id)}
+
+        assert await stored(cache, client) == (SyncState.COMPLETED, changed)
+        assert all(after[item_id] == before[item_id] for item_id in IDS if item_id in after)
+
+    @pytest_twisted.ensureDeferred
+    async def test_order_fixed(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage)
+        await run_sync(cache, client, paging_service(IDS))
+        # The service now lists i05 last, as one ordering by modification does
+        # after an edit that the cache did not see.
+        moved = [i for i in IDS if i != "i05"] + ["i05"]
+
+        await run_sync(cache, client, paging_service(moved))
+
+        assert await stored(cache, client) == (SyncState.COMPLETED, moved)
+
+
+class SharedDatabaseTests:
+    @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+    @pytest_twisted.ensureDeferred
+    async def test_node_synced_elsewhere_skipped(
+        self, tmp_path: Path, db_url: str, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage)
+        signals = record_signals(cache)
+        node_row = await storage.set_pubsub_node(
+            client.profile_id, SERVICE.full(), NODE, analyser="blog", type_="blog"
+        )
+        other_daemon = Storage(db_url)
+        await other_daemon.initialise()
+        try:
+            assert await other_daemon.try_lock_node_sync(node_row.id)
+            requests = await run_sync(cache, client, paging_service(IDS))
+        finally:
+            await other_daemon.close()
+
+        assert requests == []
+        assert [s["state"] for s in signals] == ["LOCKED"]
+        assert await stored(cache, client) == (None, [])

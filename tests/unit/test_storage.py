@@ -689,6 +689,76 @@ class NodeLockTests:
         assert await storage.count_pubsub_items(node.id) == 1
 
 
+class NodeSyncLockTests:
+    """The lock that keeps two daemons sharing a database from syncing one node at once."""
+
+    @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+    @pytest_twisted.ensureDeferred
+    async def test_second_daemon_excluded(self, db_url: str, storage: Storage) -> None:
+        other = Storage(db_url)
+        await other.initialise()
+        try:
+            profile = await storage.create_profile("alice", "alice@example.org", "secret")
+            node = await storage.set_pubsub_node(profile.id, SERVICE, NODE)
+            other_node = await storage.set_pubsub_node(profile.id, SERVICE, "other")
+
+            first = await storage.try_lock_node_sync(node.id)
+            second = await other.try_lock_node_sync(node.id)
+            again_same_process = await storage.try_lock_node_sync(node.id)
+            other_free_node = await other.try_lock_node_sync(other_node.id)
+            await storage.unlock_node_sync(node.id)
+            after_release = await other.try_lock_node_sync(node.id)
+        finally:
+            await other.close()
+        # Closing the holder's Storage released its locks.
+        after_close = await storage.try_lock_node_sync(node.id)
+        await storage.unlock_node_sync(node.id)
+
+        assert (first, second, again_same_process) == (True, False, False)
+        assert other_free_node is True
+        assert after_release is True
+        assert after_close is True
+
+    @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+    @pytest_twisted.ensureDeferred
+    async def test_sqlite_always_free(self, storage: Storage) -> None:
+        assert await storage.try_lock_node_sync(1) is True
+        assert await storage.try_lock_node_sync(1) is True
+        await storage.unlock_node_sync(1)
+
+
+class NodeExtraAndEvictionTests:
+    @pytest_twisted.ensureDeferred
+    async def test_extra_merge(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.update_pubsub_node_extra(node.id, max_items=5, item_order="creation")
+
+        extra = await storage.update_pubsub_node_extra(node.id, max_items=None, publisher=True)
+        row = await storage.get_pubsub_node(node.profile_id, SERVICE, NODE)
+
+        assert extra == {"item_order": "creation", "publisher": True}
+        assert row.extra == extra
+
+    @pytest_twisted.ensureDeferred
+    async def test_extra_missing_node(self, storage: Storage) -> None:
+        with pytest.raises(NotFound):
+            await storage.update_pubsub_node_extra(12345, max_items=1)
+
+    @pytest_twisted.ensureDeferred
+    async def test_evict_least_recently_updated(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id, [(name, item_xml(name), None, None) for name in "abcd"]
+        )
+        # Editing a makes b the least recently updated item.
+        await storage.cache_pubsub_items(node.id, [("a", item_xml("a", "edited"), None, None)])
+
+        evicted = await storage.evict_pubsub_items(node.id, 2)
+        left = item_ids_of(await storage.get_pubsub_items(node.id))
+
+        assert sorted(evicted) == ["b", "c"]
+        assert left == ["a", "d"]
+        assert await storage.evict_pubsub_items(node.id, 2) == []
+
+
 class StorageStateTests:
     """Use of a Storage before initialise() or after close()."""
 

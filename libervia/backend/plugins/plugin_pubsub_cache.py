@@ -445,7 +445,24 @@ class PubsubCache:
         await self.host.storage.update_pubsub_node_sync_state(node_id, state)
 
     def _forget_node(self, client: Any, service: str, node: str) -> None:
-        self._completed.pop((client.profile_id, service, node), None)
+        self.forget_node(client.profile_id, service, node)
+
+    def forget_node(self, profile_id: int, service: str, node: str) -> None:
+        """Stop serving a node from the memo of COMPLETED nodes.
+
+        Call it, holding :meth:`node_lock`, before deleting a node from storage
+        outside this plugin.
+        """
+        self._completed.pop((profile_id, service, node), None)
+
+    def node_lock(self, profile: str, service: str, node: str) -> defer.DeferredLock:
+        """Return the lock that a node's sync and notification handlers hold while they write it.
+
+        Hold it to change a cached node from outside this plugin: a sync
+        queued behind it finds the node gone and drops itself. Take one node
+        lock at a time, or several in a fixed order, to avoid deadlocks.
+        """
+        return self._lock((profile, service, node))
 
     async def _items_received_trigger(
         self,
@@ -1240,6 +1257,8 @@ class PubsubCache:
                 "subtype": node_row.subtype,
                 "sync_state": node_row.sync_state.value if node_row.sync_state else None,
                 "sync_state_updated": node_row.sync_state_updated,
+                "max_items": (node_row.extra or {}).get(EXTRA_MAX_ITEMS),
+                "item_order": (node_row.extra or {}).get(EXTRA_ITEM_ORDER),
             },
             "items": [
                 {
@@ -1262,7 +1281,7 @@ class PubsubCache:
         # Wait for a running sync or event of this node, so nothing writes it back.
         await self._lock(key).acquire()
         try:
-            self._completed.pop((profile_row.id, node_row.service, node_row.name), None)
+            self.forget_node(profile_row.id, node_row.service, node_row.name)
             await self.host.storage.delete_pubsub_node(
                 profile_row.id, node_row.service, node_row.name
             )

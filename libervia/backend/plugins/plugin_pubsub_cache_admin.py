@@ -216,12 +216,12 @@ class PubsubCacheAdmin:
         # A sync queued behind one of these locks finds its node gone and
         # drops itself (PubsubCache._sync checks the row first).
         for row in sorted(rows, key=lambda r: (profile_names[r.profile_id], r.service, r.name)):
-            lock = self._cache._lock((profile_names[row.profile_id], row.service, row.name))
+            lock = self._cache.node_lock(profile_names[row.profile_id], row.service, row.name)
             await lock.acquire()
             locks.append(lock)
         try:
             for row in rows:
-                self._cache._completed.pop((row.profile_id, row.service, row.name), None)
+                self._cache.forget_node(row.profile_id, row.service, row.name)
             node_count, item_count = await storage.delete_pubsub_nodes([row.id for row in rows])
         finally:
             for lock in locks:

@@ -213,7 +213,6 @@ class ReconciliationTests:
     @pytest_twisted.ensureDeferred
     async def test_not_served_while_reconciling(self, session: Session) -> None:
         node = await session.synced_node(["a"])
-        bob = session.client("bob")
 
         await session.backend.disconnect_profile("bob")
         await session.backend.connect_profile("bob")
@@ -222,10 +221,15 @@ class ReconciliationTests:
         _, metadata = await session.read(node, use_cache=True)
         await session.cache.wait_syncs()
 
+        bob = session.client("bob")
+        bob.options.iq_timeout = IQ_TIMEOUT
+        subscriptions = await session.pubsub.get_subscriptions(bob, session.service, node)
+
         assert state == SyncState.IN_PROGRESS
         assert metadata[C.META_FROM_CACHE] is False
         assert (await session.node_row(node)).sync_state == SyncState.COMPLETED
-        bob.options.iq_timeout = IQ_TIMEOUT
+        # Subscribing again at each reconciliation adds no second subscription.
+        assert [entry["subscription"] for entry in subscriptions] == ["subscribed"]
 
 
 class ItemOrderTests:
@@ -318,7 +322,7 @@ class MaxItemsTests:
         extra = (await session.node_row(node)).extra
 
         if session.is_ejabberd:
-            # The notification's form told bob, who may not read the configuration.
+            # The notification's form gave max_items to bob, who may not read the configuration.
             assert extra[EXTRA_MAX_ITEMS] == 4
         else:
             assert EXTRA_MAX_ITEMS not in extra
@@ -359,6 +363,6 @@ class ProgressTests:
 
         assert states[0] == ("IN_PROGRESS", 0, None)
         assert states[-1] == ("COMPLETED", 5, None)
-        # One signal per page: ejabberd answers with one RSM page and its
+        # One signal per page: ejabberd returns one RSM page with its
         # count, Prosody with every item and no count.
         assert states[1:-1] == [("IN_PROGRESS", 5, 5 if session.is_ejabberd else None)]

@@ -6,16 +6,20 @@ against the node name and the payload namespace of the items received (so
 analysing costs no extra request), and the result is stored with the node. A
 node whose analyser sets ``to_sync`` is synchronised in the background:
 subscribe, fetch every item (by RSM pages when the service pages), store the
-items with their parsed data, then mark the node COMPLETED. From then on the ``XEP-0060_get_items`` trigger answers
-requests for that node from storage, and notifications keep it exact.
+items with their parsed data, then mark the node COMPLETED. From then on the
+``XEP-0060_get_items`` trigger answers requests for that node from storage,
+notifications keep it exact, and each new connection of the profile
+reconciles it with the service.
 
 What the cache promises: a node is served from storage only in the COMPLETED
-state; requests arriving while a node is IN_PROGRESS, in ERROR or not synced
-go to the network unchanged; ``extra={"use_cache": False}`` or the config
-``[pubsub_cache] strategy = no_cache`` always go to the network. A COMPLETED
-node serves all items, the newest ``max_items``, item ids and RSM pages
-(XEP-0059) in creation or modification order; in its RSM answers ``first``
-and ``last`` are item ids. Other request shapes go to the network.
+state, and then answers as the service would for the same node state, in the
+service's item order; requests arriving while a node is IN_PROGRESS, in ERROR
+or not synced go to the network unchanged; ``extra={"use_cache": False}`` or
+the config ``[pubsub_cache] strategy = no_cache`` always go to the network. A
+COMPLETED node serves all items, the newest ``max_items``, item ids and RSM
+pages (XEP-0059) in the service's order or by creation or modification time;
+in its RSM answers ``first`` and ``last`` are item ids. Other request shapes
+go to the network. doc/developer.rst details the states and notifications.
 """
 
 from __future__ import annotations
@@ -705,7 +709,7 @@ class PubsubCache:
         self, client: Any, service: JID, node: str, node_row: Any,
         analyser: dict[str, Any] | None, items: list[domish.Element],
     ) -> tuple[int, int]:
-        """Make the stored items of a node equal to ``items``, the service's full answer.
+        """Make the stored items of a node equal to ``items``, the service's full result.
 
         Unchanged items are not written again. When the stored order differs
         from the service's, the items from the first difference on are
@@ -781,11 +785,11 @@ class PubsubCache:
     def _infer_order(
         self, service: str, stored: dict[str, Any], unchanged_live_ids: list[str],
     ) -> str | None:
-        """Tell the service's item order from the unchanged items of a fresh answer.
+        """Tell the service's item order from the unchanged items of a fresh result.
 
         Both orders list these items alike until an item was edited: then
-        only one of them matches the service's answer. Returns None when the
-        answer cannot tell, and the service's order when already known.
+        only one of them matches the service's result. Returns None when the
+        result cannot tell, and the service's order when already known.
         """
         known = self._service_orders.get(service)
         if known is not None:
@@ -1039,7 +1043,7 @@ class PubsubCache:
                 ):
                     # Services order edited items either where they were
                     # created (ejabberd 23.01) or last (Prosody 0.12). Until
-                    # a full answer shows which, the node is not served.
+                    # a full result shows which, the node is not served.
                     resync = await self._edit_moves_order(node_row, edited)
                 if published:
                     await storage.cache_pubsub_items(node_row.id, published)
@@ -1125,8 +1129,8 @@ class PubsubCache:
         """Store a node's new max_items and drop the items the service dropped.
 
         Services apply a lower max_items differently (Prosody 0.12 at once,
-        ejabberd 23.01 at the next publish), so the cache asks which item ids
-        are left instead of evicting by itself. When the service does not
+        ejabberd 23.01 at the next publish), so the cache requests the list of
+        item ids left instead of evicting by itself. When the service does not
         list them, the node is synchronised again.
         """
         service = JID(node_row.service)

@@ -1,16 +1,16 @@
 """An in-memory model of a pubsub node's items, for differential tests.
 
-:class:`NodeModel` tracks which items a node holds, in creation order and in
+:class:`NodeModel` tracks the items of a node, in creation order and in
 modification order, as a pubsub service applies publish, retract, purge and
 ``pubsub#max_items`` changes. :func:`expected_page` cuts the page that a
 XEP-0059 (RSM) service returns from an ordered list of item ids.
 
 Tests compare what a server or the pubsub cache returns with these models,
-so the rules here are those seen on the servers under test, not guesses:
+so the rules here are those seen on the servers under test, not guesses.
 Prosody 0.12 and ejabberd 23.01 both evict the least recently modified items
-when a new item takes a node over its ``max_items``, and Prosody also drops
-them as soon as ``max_items`` is lowered, while ejabberd waits for the next
-publication of a new item.
+when a new item takes a node over its ``max_items``. When ``max_items`` is
+lowered, Prosody drops the extra items at once, but ejabberd keeps them
+until the next publication of a new item.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class NodeModel:
                          f"{ORDER_MODIFICATION!r}")
 
     def publish(self, item_id: str) -> list[str]:
-        """Publish a new item or edit an existing one; return the ids evicted."""
+        """Publish a new item or edit an existing one, and return the ids evicted."""
         if item_id in self._created:
             self._modified.remove(item_id)
             self._modified.append(item_id)
@@ -75,9 +75,9 @@ class NodeModel:
         return self._trim()
 
     def retract(self, item_id: str) -> None:
-        """Remove an item; raise KeyError when the node does not hold it."""
+        """Remove an item, or raise KeyError when the node does not contain it."""
         if item_id not in self._created:
-            raise KeyError(f"item {item_id!r} is not in the node")
+            raise KeyError(f"item {item_id!r} not found in the node")
         self._created.remove(item_id)
         self._modified.remove(item_id)
 
@@ -87,7 +87,7 @@ class NodeModel:
         self._modified.clear()
 
     def configure(self, max_items: int) -> list[str]:
-        """Set ``max_items``; return the ids evicted at once (only with trim_on_configure)."""
+        """Set ``max_items``, and return the ids evicted at once (only with trim_on_configure)."""
         self.max_items = max_items
         return self._trim() if self.trim_on_configure else []
 

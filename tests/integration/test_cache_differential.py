@@ -1,4 +1,4 @@
-"""Differential test: every read served by the pubsub cache equals the live answer.
+"""Differential test: every read served by the pubsub cache equals the live result.
 
 A backend runs in the test process with two profiles. ``alice`` creates an
 open node and changes its items: publish, edit (publish again with an
@@ -14,13 +14,13 @@ why bob, whose cache applies the configuration changes it makes itself,
 changes ``max_items``, and not alice.
 
 After each step, the test waits until the cache's all-items read equals the
-live one, then compares each request shape served by the cache with the
-server's answer to the same request (``extra={"use_cache": False}``): all
-items, ``max_items``, item ids, RSM pages and a walk by ``after``. Prosody
-ignores RSM, so its RSM pages are cut from its full answer. A small model
-of the node (:mod:`libervia.testing.pubsub_model`) gives what no server
-answers, the order by modification, and documents each server's item order
-and evictions.
+live one. Then it compares each request shape served by the cache with the
+server's result for the same request (``extra={"use_cache": False}``). The
+shapes are all items, ``max_items``, item ids, RSM pages and a walk by
+``after``. Prosody ignores RSM, so its RSM pages are cut from its full
+result. A small model of the node (:mod:`libervia.testing.pubsub_model`)
+gives what no server returns, the order by modification, and documents each
+server's item order and evictions.
 
 Each server's run has a fixed seed. A failure lists the seed and every step
 so far. To replay it, or to run longer sequences::
@@ -30,7 +30,9 @@ so far. To replay it, or to run longer sequences::
 
 ``LIBERVIA_DIFF_SEED`` sets the seed of both servers' runs, and
 ``LIBERVIA_DIFF_STEPS`` the number of random steps after the 3 setup
-publications.
+publications. By default the test stops at the first step whose comparisons
+fail. With ``LIBERVIA_DIFF_KEEP_GOING=1`` it records that step, goes on, and
+lists every failing step at the end.
 """
 
 from __future__ import annotations
@@ -67,10 +69,10 @@ from libervia.testing.pubsub_model import (
 from libervia.testing.xml_compare import xml_differences
 
 
-def _env_int(name: str, default: int | None = None) -> int | None:
+def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value is None or value == "":
-        return default
+        return None
     try:
         return int(value)
     except ValueError:
@@ -81,10 +83,9 @@ SERVERS = ["prosody", "ejabberd"]
 #: Seed of each server's run. LIBERVIA_DIFF_SEED replaces both.
 SEEDS = {"prosody": 60_061, "ejabberd": 60_062}
 SEED_OVERRIDE = _env_int("LIBERVIA_DIFF_SEED")
-STEP_COUNT: int = _env_int("LIBERVIA_DIFF_STEPS", 40)  # type: ignore[assignment]
+_STEP_COUNT_OVERRIDE = _env_int("LIBERVIA_DIFF_STEPS")
+STEP_COUNT = 40 if _STEP_COUNT_OVERRIDE is None else _STEP_COUNT_OVERRIDE
 SETUP_ITEMS = 3
-# With LIBERVIA_DIFF_KEEP_GOING=1, a step whose comparisons fail is recorded
-# and the run goes on, to list every failing step at the end.
 KEEP_GOING = os.environ.get("LIBERVIA_DIFF_KEEP_GOING") == "1"
 
 NS_TEST = "urn:example:cache-differential"
@@ -113,7 +114,7 @@ MIN_MAX_ITEMS = 2
 MAX_MAX_ITEMS = 8
 MAX_OFFLINE_OPERATIONS = 3
 
-#: Order of a server's all-items answer and of its RSM pages, as observed on
+#: Order of a server's all-items result and of its RSM pages, as observed on
 #: Prosody 0.12.3 and ejabberd 23.01 with SQL pubsub storage.
 NATIVE_ORDER = {"prosody": ORDER_MODIFICATION, "ejabberd": ORDER_CREATION}
 
@@ -126,8 +127,8 @@ RSM_REQUESTS = [
 ]
 WALK_PAGE_SIZE = 2
 
-# A step that lets notifications wait 10 s fails the test anyway, so the
-# budget is a few seconds per step; it only stops a run that hangs.
+# A step whose cache does not catch up within CATCH_UP_TIMEOUT fails the
+# test anyway. This budget of a few seconds per step only stops a run that hangs.
 pytestmark = pytest.mark.timeout(120 + 6 * (SETUP_ITEMS + STEP_COUNT))
 
 
@@ -152,7 +153,7 @@ class Session:
         return self.server_name == "ejabberd"
 
     def client(self, profile: str) -> Any:
-        """Return the profile's current client; a reconnection replaces it."""
+        """Return the profile's current client, which a reconnection replaces."""
         return self.backend.get_client(profile)
 
     async def connect(self, profile: str) -> None:
@@ -193,8 +194,8 @@ async def session(server: Any) -> AsyncIterator[Session]:
 class Step:
     """One operation of the sequence, with the values needed to replay it.
 
-    ``label`` is the step number; operations done while bob is offline are
-    in ``offline`` and numbered ``N.1``, ``N.2``...
+    ``label`` is the step number. The operations done while bob is offline
+    are in ``offline``, numbered ``N.1``, ``N.2``...
     """
 
     label: str
@@ -244,7 +245,7 @@ class DifferentialRun:
         self.read_random = random.Random(f"reads-{seed}")
         self.node = f"{NODE_PREFIX}{uuid.uuid4().hex[:10]}"
         # The model is the node's expected state. The steps are planned from
-        # it, never from the server's answers, so a seed always replays the
+        # it, never from the server's results, so a seed always replays the
         # same steps.
         self.model = NodeModel(INITIAL_MAX_ITEMS, trim_on_configure=not session.is_ejabberd)
         self.steps: list[Step] = []
@@ -287,7 +288,7 @@ class DifferentialRun:
         return item_id
 
     def _plan_item_operation(self, label: str, operation: str, model: NodeModel) -> Step:
-        """Plan a publish, edit or retract on ``model``; an empty node gets a publish."""
+        """Plan a publish, edit or retract on ``model``, a publish when the node is empty."""
         if operation != "publish" and len(model) == 0:
             operation = "publish"
         if operation == "publish":
@@ -295,7 +296,7 @@ class DifferentialRun:
         return Step(label, operation, item_id=self.random.choice(model.creation_order))
 
     def plan_step(self, operation: str | None = None) -> Step:
-        """Choose the next step (a random operation unless ``operation`` is given) and record it."""
+        """Choose the next step (random unless ``operation`` is given) and record it."""
         label = str(len(self.steps) + 1)
         if operation is None:
             operation = self.random.choices(
@@ -332,7 +333,8 @@ class DifferentialRun:
     async def _publish(self, step: Step) -> None:
         item = domish.Element((NS_PUBSUB, "item"))
         item["id"] = step.item_id
-        item.addElement((NS_TEST, "entry"), content=f"{step.item_id} published at step {step.label}")
+        text = f"{step.item_id} published at step {step.label}"
+        item.addElement((NS_TEST, "entry"), content=text)
         await self.session.pubsub.publish(
             self.session.client("alice"), self.session.service, self.node, [item]
         )
@@ -378,13 +380,17 @@ class DifferentialRun:
 
         Returning on timeout is no failure: compare_all reports the difference.
         """
-        # This read is also a round trip on bob's stream: the notifications
-        # the server sent him before its answer have arrived when it returns.
-        live_items, _ = await self.read(use_cache=False)
         deadline = time.monotonic() + CATCH_UP_TIMEOUT
         while True:
+            # A live read is also a round trip on bob's stream, so the
+            # notifications the server sent him before its result have arrived
+            # when it returns. The second one follows the messages that a sync
+            # may cause (ejabberd sends the last item again on subscription).
+            live_items, _ = await self.read(use_cache=False)
             await self.session.pubsub.wait_events(self.session.client("bob"))
             await self.session.cache.wait_syncs()
+            await self.read(use_cache=False)
+            await self.session.pubsub.wait_events(self.session.client("bob"))
             cached_items, metadata = await self.read(use_cache=True)
             if metadata[C.META_FROM_CACHE] and not item_differences(live_items, cached_items):
                 return
@@ -392,18 +398,18 @@ class DifferentialRun:
                 return
             await task.deferLater(reactor, POLL_INTERVAL, lambda: None)
 
-    async def walk_after(
-        self, use_cache: bool, extra: dict[str, Any] | None = None,
-    ) -> list[tuple[list[str], dict[str, Any]]]:
-        """Walk the node by RSM ``after`` with its own ``last`` keys; return each page's ids and metadata.
+    async def walk_after(self, use_cache: bool) -> list[tuple[list[str], dict[str, Any]]]:
+        """Walk the node by RSM ``after`` pages and return each page's ids and metadata.
 
-        The walk stops at an empty page, a page without ``last`` or a page
-        that repeats the previous one.
+        Each request takes the ``last`` key of the previous page, so the cache
+        and the server are each walked with their own keys. The walk stops at
+        an empty page, a page without ``last`` or a page that repeats the
+        previous one.
         """
         pages: list[tuple[list[str], dict[str, Any]]] = []
         request = RSMRequest(max=WALK_PAGE_SIZE)
         for _ in range(len(self.model) // WALK_PAGE_SIZE + 3):
-            items, metadata = await self.read(use_cache, extra, rsm_request=request)
+            items, metadata = await self.read(use_cache, rsm_request=request)
             ids = item_ids(items)
             if not ids or (pages and ids == pages[-1][0]):
                 break
@@ -419,10 +425,11 @@ class DifferentialRun:
     async def compare_all(self) -> tuple[list[str], list[str]]:
         """Compare every request shape served by the cache with the server and the model.
 
-        Returns two lists of differences: where the server's answers differ
-        from the test's model of that server (the test's fault, or a server
-        that changed), and where the cache's answers differ from the server's
-        or, for the order by modification, from the model.
+        Returns two lists of differences. The first lists the server results
+        that the test's model of that server does not predict: the test is
+        wrong, or the server changed. The second lists the cache results that
+        differ from the server's, or from the model for the order by
+        modification.
         """
         comparison = Comparison()
         live_items, live_metadata = await self.read(use_cache=False)
@@ -458,7 +465,7 @@ class DifferentialRun:
             shape = f"max_items={max_items}"
             live_items, live_metadata = await self.read(use_cache=False, max_items=max_items)
             items, metadata = await self.read(use_cache=True, max_items=max_items)
-            # ejabberd returns the newest items by creation, newest first;
+            # ejabberd returns the newest items by creation, newest first, and
             # Prosody the newest by modification, oldest first.
             if self.session.is_ejabberd:
                 expected = self.model.creation_order[-max_items:][::-1]
@@ -495,7 +502,7 @@ class DifferentialRun:
         """Compare one RSM page with the page a XEP-0059 service cuts from the live items.
 
         ejabberd's ``first`` and ``last`` are creation timestamps and its
-        index is 0 unless an index is requested, so its own answer is
+        index is 0 unless an index is requested, so its own result is
         compared by the page's ids and the count, and by the index only when
         requested. It returns the last page (empty ``before``) newest first,
         so that page is compared as a set.
@@ -536,7 +543,9 @@ class DifferentialRun:
                 sorted(live_page) if unordered else live_page,
                 sorted(page) if unordered else page,
             )
-            comparison.cache(f"{shape} count as ejabberd's", live_rsm.get("count"), rsm.get("count"))
+            comparison.cache(
+                f"{shape} count as ejabberd's", live_rsm.get("count"), rsm.get("count")
+            )
             if "index" in request:
                 comparison.cache(
                     f"{shape} index as ejabberd's", live_rsm.get("index"), rsm.get("index")
@@ -564,7 +573,8 @@ class DifferentialRun:
         if self.session.is_ejabberd:
             live_pages = await self.walk_after(use_cache=False)
             comparison.model(
-                f"live {shape}: pages", [ids for ids, _ in expected], [ids for ids, _ in live_pages]
+                f"live {shape}: pages",
+                [ids for ids, _ in expected], [ids for ids, _ in live_pages],
             )
             comparison.cache(
                 f"{shape}: pages as ejabberd's",
@@ -623,21 +633,24 @@ class Comparison:
         self.model_errors: list[str] = []
         self.mismatches: list[str] = []
 
-    def model(self, what: str, expected: Any, got: Any) -> None:
-        """Record a server answer that the test's model does not predict."""
+    def model(self, check: str, expected: Any, got: Any) -> None:
+        """Record a server result that the test's model does not predict."""
         if expected != got:
-            self.model_errors.append(f"{what}: model expects {expected!r}, server gave {got!r}")
+            self.model_errors.append(f"{check}: model expects {expected!r}, server gave {got!r}")
 
-    def cache(self, what: str, expected: Any, got: Any) -> None:
-        """Record a cache answer that differs from the expected one."""
+    def cache(self, check: str, expected: Any, got: Any) -> None:
+        """Record a cache result that differs from the expected one."""
         if expected != got:
-            self.mismatches.append(f"{what}: expected {expected!r}, cache gave {got!r}")
+            self.mismatches.append(f"{check}: expected {expected!r}, cache gave {got!r}")
 
-    def served(self, what: str, metadata: dict[str, Any]) -> bool:
-        """Check that a read came from the cache; a read from the server proves nothing."""
+    def served(self, check: str, metadata: dict[str, Any]) -> bool:
+        """Tell whether a read came from the cache, and record it when not.
+
+        A read that the server served proves nothing about the cache.
+        """
         if metadata.get(C.META_FROM_CACHE) is True:
             return True
-        self.mismatches.append(f"{what}: not served from the cache (from_cache is "
+        self.mismatches.append(f"{check}: not served from the cache (from_cache is "
                                f"{metadata.get(C.META_FROM_CACHE)!r})")
         return False
 
@@ -655,7 +668,7 @@ def apply_to_model(model: NodeModel, step: Step) -> None:
 
 
 async def check_step(run: DifferentialRun, with_steps: bool = True) -> str | None:
-    """Wait for the cache to catch up and compare; return the failure report, or None."""
+    """Wait for the cache to catch up, compare, and return the failure report or None."""
     await run.wait_caught_up()
     model_errors, mismatches = await run.compare_all()
     if model_errors:
@@ -663,7 +676,7 @@ async def check_step(run: DifferentialRun, with_steps: bool = True) -> str | Non
             "the server does not behave as the test models it", model_errors, with_steps
         )
     if mismatches:
-        return run.report("the cache's answers differ", mismatches, with_steps)
+        return run.report("the cache's results differ from the server's", mismatches, with_steps)
     return None
 
 

@@ -16,6 +16,7 @@ until the next publication of a new item.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from libervia.backend.plugins.plugin_xep_0059 import RSMRequest, RSMResponse
 
@@ -38,6 +39,11 @@ class NodeModel:
         self.trim_on_configure = trim_on_configure
         self._created: list[str] = []
         self._modified: list[str] = []
+        # Modification order as a subscriber can know it (see reconcile), and
+        # the items whose relative order there is unknown: id -> group number.
+        self._observed: list[str] = []
+        self._unordered: dict[str, int] = {}
+        self._groups = 0
 
     def __contains__(self, item_id: str) -> bool:
         return item_id in self._created
@@ -55,6 +61,11 @@ class NodeModel:
         """Item ids, least recently modified first."""
         return list(self._modified)
 
+    @property
+    def observed_modification_order(self) -> list[str]:
+        """Item ids in the modification order a subscriber can know, least recent first."""
+        return list(self._observed)
+
     def order(self, name: str) -> list[str]:
         """Return the ids in ORDER_CREATION or ORDER_MODIFICATION order."""
         if name == ORDER_CREATION:
@@ -69,9 +80,13 @@ class NodeModel:
         if item_id in self._created:
             self._modified.remove(item_id)
             self._modified.append(item_id)
+            self._observed.remove(item_id)
+            self._observed.append(item_id)
+            self._unordered.pop(item_id, None)
             return []
         self._created.append(item_id)
         self._modified.append(item_id)
+        self._observed.append(item_id)
         return self._trim()
 
     def retract(self, item_id: str) -> None:
@@ -80,11 +95,52 @@ class NodeModel:
             raise KeyError(f"item {item_id!r} not found in the node")
         self._created.remove(item_id)
         self._modified.remove(item_id)
+        self._observed.remove(item_id)
+        self._unordered.pop(item_id, None)
 
     def purge(self) -> None:
         """Remove every item."""
         self._created.clear()
         self._modified.clear()
+        self._observed.clear()
+        self._unordered.clear()
+
+    def reconcile(self, changed: set[str], service_order: str) -> None:
+        """Apply what a subscriber learns when it fetches the node after being offline.
+
+        A service result has no modification times. The items published or
+        edited while the subscriber was offline (``changed``) come after the
+        other items, and when the service orders by modification (Prosody
+        0.12, ``service_order`` ORDER_MODIFICATION) its result gives their
+        true order. When it orders by creation (ejabberd 23.01), their
+        relative order is unknown: any order of them matches
+        :meth:`observed_order_matches` until they are edited again.
+        """
+        unchanged = [item_id for item_id in self._observed if item_id not in changed]
+        changed_ids = [item_id for item_id in self.order(service_order) if item_id in changed]
+        self._observed = unchanged + changed_ids
+        if service_order != ORDER_MODIFICATION and len(changed_ids) > 1:
+            self._groups += 1
+            for item_id in changed_ids:
+                self._unordered[item_id] = self._groups
+
+    def observed_order_matches(self, ids: Sequence[str]) -> bool:
+        """Tell whether ``ids`` is the observed modification order, up to unknown orders."""
+        if sorted(ids) != sorted(self._observed):
+            return False
+
+        def segments(order: Sequence[str]) -> list[Any]:
+            # Consecutive items of one group of unknown order form a set.
+            result: list[Any] = []
+            for item_id in order:
+                group = self._unordered.get(item_id)
+                if group is not None and result and result[-1][0] == group:
+                    result[-1][1].add(item_id)
+                else:
+                    result.append((group, {item_id}))
+            return [members for _, members in result]
+
+        return segments(ids) == segments(self._observed)
 
     def configure(self, max_items: int) -> list[str]:
         """Set ``max_items``, and return the ids evicted at once (only with trim_on_configure)."""
@@ -96,6 +152,8 @@ class NodeModel:
         while len(self._modified) > self.max_items:
             item_id = self._modified.pop(0)
             self._created.remove(item_id)
+            self._observed.remove(item_id)
+            self._unordered.pop(item_id, None)
             evicted.append(item_id)
         return evicted
 

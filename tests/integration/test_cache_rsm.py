@@ -156,9 +156,10 @@ class SyncTests:
         # One subscription, then 3 pages of 100 on ejabberd, or one request
         # answered with every item by Prosody, then the configuration
         # request that bob (not an owner) is refused, the metadata request
-        # that reads max_items, and the max_items request telling in which
-        # order the service sends the newest items (first sync on a service).
-        assert iq_sent == (7 if session.is_ejabberd else 5)
+        # that reads max_items, and the max_items and item ids requests
+        # telling in which orders the service returns those results (first
+        # sync on a service).
+        assert iq_sent == (8 if session.is_ejabberd else 6)
 
     @pytest_twisted.ensureDeferred
     async def test_served_from_cache(

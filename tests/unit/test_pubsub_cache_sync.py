@@ -120,13 +120,19 @@ async def run_sync(
             continue
         set_elt = find_set(pubsub)
         request = None if set_elt is None else RSMRequest.from_element(set_elt)
-        max_items = next(pubsub.elements(NS_PUBSUB, "items")).getAttribute("max_items")
-        if max_items is not None:
-            # The request telling the order of max_items results: this
-            # service sends the newest items oldest first.
+        items_elt = next(pubsub.elements(NS_PUBSUB, "items"))
+        max_items = items_elt.getAttribute("max_items")
+        requested = [elt["id"] for elt in items_elt.elements(NS_PUBSUB, "item")]
+        if max_items is not None or requested:
+            # The requests telling the orders of max_items and item ids
+            # results: this service sends the newest items oldest first, and
+            # requested items in the order of the request.
             answer = script(None)
             if not isinstance(answer, str):
-                answer = (answer[0][-int(max_items):], None)
+                if requested:
+                    answer = ([i for i in requested if i in answer[0]], None)
+                else:
+                    answer = (answer[0][-int(max_items):], None)
         else:
             requests.append(request)
             answer = script(request)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from libervia.backend.tools import wokkel_compat  # noqa: F401  (before wokkel)
@@ -102,6 +103,9 @@ EXTRA_ITEM_ORDER = "item_order"
 # True when the service returns the items of a max_items request newest first
 # (ejabberd 23.01 with SQL storage), False when oldest first (Prosody 0.12).
 EXTRA_NEWEST_FIRST = "max_items_newest_first"
+# True when the service returns the items of an item ids request in the order
+# of the request (Prosody 0.12), False when in its item order (ejabberd 23.01).
+EXTRA_IDS_IN_REQUEST_ORDER = "item_ids_in_request_order"
 MAX_ITEMS_UNLIMITED = "max"
 
 DEFAULT_SYNC_PAGE_SIZE = 100
@@ -110,6 +114,19 @@ DEFAULT_MAX_ITEMS_PER_NODE = 10000
 # up to the maximum (seconds).
 DEFAULT_SYNC_RETRY_DELAY = 60
 MAX_SYNC_RETRY_DELAY = 3600
+
+
+@dataclass(frozen=True)
+class ServedNode:
+    """What the serving path needs of a COMPLETED node, kept in memory."""
+
+    node_id: int
+    #: ORDER_CREATION or ORDER_MODIFICATION: the order of the service's items.
+    item_order: str
+    #: The service sends max_items results newest first.
+    newest_first: bool
+    #: The service sends item ids results in the order of the request.
+    ids_in_request_order: bool
 
 
 class NodeTooLarge(Exception):
@@ -180,11 +197,11 @@ class PubsubCache:
         # through _set_state or _forget_node, which keep it exact.
         # TODO: several daemons sharing one PostgreSQL database need a shared
         # invalidation (LISTEN/NOTIFY) before this memo can be trusted there.
-        self._completed: dict[tuple[int, str, str], tuple[int, str, bool]] = {}
-        # Order of the items of each service (see EXTRA_ITEM_ORDER), and
-        # whether it returns max_items results newest first, once known.
+        self._completed: dict[tuple[int, str, str], ServedNode] = {}
+        # Order of the items of each service (see EXTRA_ITEM_ORDER) and the
+        # orders of its max_items and item ids results, once known.
         self._service_orders: dict[str, str] = {}
-        self._service_newest_first: dict[str, bool] = {}
+        self._service_read_orders: dict[str, dict[str, bool]] = {}
 
         strategy = host.config.get("pubsub_cache", "strategy", STRATEGY_CACHE)
         if strategy not in (STRATEGY_CACHE, STRATEGY_NO_CACHE):
@@ -367,9 +384,9 @@ class PubsubCache:
         if completed is None:
             self.misses += 1
             return None
-        node_id, service_order, newest_first = completed
+        node_id = completed.node_id
         # Without an explicit order, items come in the order the service uses.
-        order_by = order_by or service_order
+        order_by = order_by or completed.item_order
 
         metadata: dict[str, Any] = {
             C.META_SERVICE: service.full(),
@@ -384,7 +401,7 @@ class PubsubCache:
                 order_by=ORDER_COLUMNS[order_by],
             )
             metadata[C.META_COMPLETE] = max_items is None and not item_ids
-            if max_items is not None and newest_first:
+            if max_items is not None and "order_by" not in extra and completed.newest_first:
                 xmls.reverse()
         else:
             page = await self.host.storage.get_pubsub_items_page(
@@ -406,6 +423,9 @@ class PubsubCache:
             metadata["rsm_ignored"] = False
             metadata[C.META_COMPLETE] = len(page.xmls) == page.count
         items = items_from_xml(xmls)
+        if item_ids and "order_by" not in extra and completed.ids_in_request_order:
+            position = {item_id: index for index, item_id in reversed(list(enumerate(item_ids)))}
+            items.sort(key=lambda item: position.get(item.getAttribute("id"), len(position)))
         self.hits += 1
         log.debug(
             "profile %s: %d items of %s node %s served from the cache",
@@ -415,11 +435,8 @@ class PubsubCache:
 
     async def _completed_node(
         self, client: Any, service: str, node: str,
-    ) -> tuple[int, str, bool] | None:
-        """Return id, item order and max_items direction of a COMPLETED node.
-
-        Returns None when the node must not be served.
-        """
+    ) -> ServedNode | None:
+        """Return what serving a COMPLETED node needs, or None when it must not be served."""
         key = (client.profile_id, service, node)
         completed = self._completed.get(key)
         if completed is not None:
@@ -427,11 +444,16 @@ class PubsubCache:
         node_row = await self.host.storage.get_pubsub_node(client.profile_id, service, node)
         if node_row is None or node_row.sync_state != SyncState.COMPLETED:
             return None
-        newest_first = (node_row.extra or {}).get(EXTRA_NEWEST_FIRST)
-        if newest_first is None:
-            newest_first = self._service_newest_first.get(node_row.service, False)
-        completed = self._completed[key] = (
-            node_row.id, self._item_order(node_row), newest_first
+        extra = node_row.extra or {}
+        known = self._service_read_orders.get(node_row.service, {})
+
+        def read_order(name: str) -> bool:
+            value = extra.get(name)
+            return bool(known.get(name, False) if value is None else value)
+
+        completed = self._completed[key] = ServedNode(
+            node_row.id, self._item_order(node_row), read_order(EXTRA_NEWEST_FIRST),
+            read_order(EXTRA_IDS_IN_REQUEST_ORDER),
         )
         return completed
 
@@ -595,7 +617,7 @@ class PubsubCache:
                 await self._p.subscribe(client, service, node)
                 items = await self._fetch_node(client, service, node)
                 max_items = await self._read_max_items(client, service, node)
-                newest_first = await self._max_items_direction(client, service, node, items)
+                read_orders = await self._learn_read_orders(client, service, node, items)
                 # Notifications may carry a publisher attribute that the service
                 # omits from items results (Prosody 0.12 does). Remembering what
                 # this service returns keeps items stored from notifications equal
@@ -606,7 +628,7 @@ class PubsubCache:
                 )
                 await storage.update_pubsub_node_extra(
                     node_id, publisher_in_items=publisher_in_items,
-                    **{EXTRA_MAX_ITEMS: max_items, EXTRA_NEWEST_FIRST: newest_first},
+                    **{EXTRA_MAX_ITEMS: max_items}, **read_orders,
                 )
                 await self._set_state(client, service.full(), node, node_id, SyncState.COMPLETED)
             finally:
@@ -649,38 +671,43 @@ class PubsubCache:
             state=state, **values,
         )
 
-    async def _max_items_direction(
+    async def _learn_read_orders(
         self, client: Any, service: JID, node: str, items: list[domish.Element],
-    ) -> bool | None:
-        """Return whether the service sends max_items results newest first, or None if unknown.
+    ) -> dict[str, bool | None]:
+        """Learn in which orders the service returns max_items and item ids results.
 
-        XEP-0060 leaves that order open and the servers differ. The first
-        sync of a node of 2 items or more on a service asks it for the 2
-        newest items, once per service and daemon run.
+        XEP-0060 leaves both orders open and the servers differ. Once per
+        service and daemon run, the first sync of a node of 2 items or more
+        requests the 2 newest items, then the newest and oldest items by id
+        in reverse order. Returns the EXTRA_NEWEST_FIRST and
+        EXTRA_IDS_IN_REQUEST_ORDER values, None when still unknown.
         """
-        known = self._service_newest_first.get(service.full())
-        if known is not None:
-            return known
+        known = self._service_read_orders.setdefault(service.full(), {})
         ids = [item.getAttribute("id") for item in items if item.getAttribute("id")]
-        if len(set(ids)) < 2:
-            return None
-        probe, _ = await self._p.get_items(
-            client, service, node, max_items=2, extra={"use_cache": False}
-        )
-        probe_ids = [item.getAttribute("id") for item in probe]
-        if probe_ids == ids[-2:]:
-            newest_first = False
-        elif probe_ids == ids[-2:][::-1]:
-            newest_first = True
-        else:
-            # The node changed between the two requests.
-            return None
-        self._service_newest_first[service.full()] = newest_first
-        log.info(
-            "service %s returns max_items results %s first", service.full(),
-            "newest" if newest_first else "oldest",
-        )
-        return newest_first
+        if len(set(ids)) == len(ids) >= 2:
+            extra = {"use_cache": False}
+            if EXTRA_NEWEST_FIRST not in known:
+                probe, _ = await self._p.get_items(
+                    client, service, node, max_items=2, extra=extra
+                )
+                probe_ids = [item.getAttribute("id") for item in probe]
+                # Any other result means the node changed between the requests.
+                if probe_ids in (ids[-2:], ids[-2:][::-1]):
+                    known[EXTRA_NEWEST_FIRST] = probe_ids != ids[-2:]
+            if EXTRA_IDS_IN_REQUEST_ORDER not in known:
+                requested = [ids[-1], ids[0]]
+                probe, _ = await self._p.get_items(
+                    client, service, node, item_ids=requested, extra=extra
+                )
+                probe_ids = [item.getAttribute("id") for item in probe]
+                if probe_ids in (requested, requested[::-1]):
+                    known[EXTRA_IDS_IN_REQUEST_ORDER] = probe_ids == requested
+            if known:
+                log.debug("service %s: read orders %s", service.full(), known)
+        return {
+            EXTRA_NEWEST_FIRST: known.get(EXTRA_NEWEST_FIRST),
+            EXTRA_IDS_IN_REQUEST_ORDER: known.get(EXTRA_IDS_IN_REQUEST_ORDER),
+        }
 
     async def _read_max_items(self, client: Any, service: JID, node: str) -> int | str | None:
         """Return a node's max_items from its configuration or metadata; None when unreadable.
@@ -1037,6 +1064,7 @@ class PubsubCache:
                 # so it keeps its modification time and place.
                 published = [row for row in published if stored.get(row[0]) != row[1]]
                 edited = [row[0] for row in published if row[0] in stored]
+                added = len(published) - len(edited)
                 if edited and self._item_order(node_row) == ORDER_CREATION and not (
                     extra.get(EXTRA_ITEM_ORDER)
                     or node_row.service in self._service_orders
@@ -1048,8 +1076,13 @@ class PubsubCache:
                 if published:
                     await storage.cache_pubsub_items(node_row.id, published)
                 max_items = extra.get(EXTRA_MAX_ITEMS)
-                if isinstance(max_items, int):
-                    evicted = await storage.evict_pubsub_items(node_row.id, max_items)
+                # Services evict when a new item makes the node exceed
+                # max_items, not on edits (ejabberd 23.01 keeps extra items
+                # until then).
+                if added and isinstance(max_items, int) and (
+                    await storage.count_pubsub_items(node_row.id) > max_items
+                ):
+                    evicted = await self._evict(client, service, node_row, max_items)
             if retracted:
                 await storage.delete_pubsub_items(node_row.id, retracted)
             if resync:
@@ -1065,6 +1098,30 @@ class PubsubCache:
         )
         if resync and analyser is not None:
             self.start_sync(client, service, node, node_row.id, analyser)
+
+    async def _evict(
+        self, client: Any, service: JID, node_row: Any, max_items: int,
+    ) -> list[str]:
+        """Delete the items that the service dropped to respect max_items; return their ids.
+
+        Services drop the least recently modified items, but the cache may
+        not know that order (items edited while the profile was offline), so
+        it deletes the items the service no longer lists. A service that
+        does not list item ids gets the cache's estimate instead.
+        """
+        storage = self.host.storage
+        try:
+            listed = set(await self._p.get_item_ids(client, service, node_row.name))
+        except PubsubError as e:
+            log.debug(
+                "profile %s: %s does not list the items of node %s (%s): evicting the least "
+                "recently updated items", client.profile, service.full(), node_row.name, e,
+            )
+            return await storage.evict_pubsub_items(node_row.id, max_items)
+        gone = [row.name for row in await storage.get_pubsub_items(node_row.id)
+                if row.name not in listed]
+        await storage.delete_pubsub_items(node_row.id, gone)
+        return gone
 
     async def _edit_moves_order(self, node_row: Any, edited: list[str]) -> bool:
         """Tell whether editing these items could order creation and modification differently."""

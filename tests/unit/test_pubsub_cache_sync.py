@@ -18,6 +18,7 @@ import pytest_twisted
 from libervia.backend.tools import wokkel_compat  # noqa: F401  (before wokkel)
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
@@ -410,3 +411,31 @@ class SharedDatabaseTests:
         assert requests == []
         assert [s["state"] for s in signals] == ["LOCKED"]
         assert await stored(cache, client) == (None, [])
+
+
+class ParallelSyncTests:
+    @pytest_twisted.ensureDeferred
+    async def test_syncs_wait_for_a_slot(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage, "[pubsub_cache]\nmax_parallel_syncs = 1\n")
+        # Another sync holds the only slot.
+        await cache._sync_slots.acquire()
+        node_row = await storage.set_pubsub_node(
+            client.profile_id, SERVICE.full(), NODE, analyser="blog", type_="blog"
+        )
+
+        cache.start_sync(client, SERVICE, NODE, node_row.id, cache.analysers["blog"])
+        await deferLater(reactor, 0.2, lambda: None)
+        sent_while_waiting = len(client.xmlstream.sent)
+        cache._sync_slots.release()
+        # run_sync gets the running sync and answers its requests.
+        requests = await run_sync(cache, client, paging_service(IDS))
+
+        assert sent_while_waiting == 0
+        assert requests
+        assert await stored(cache, client) == (SyncState.COMPLETED, IDS)
+
+    def test_invalid_option(self, tmp_path: Path) -> None:
+        with pytest.raises(InvalidValue, match="max_parallel_syncs"):
+            make_cache(tmp_path, None, "[pubsub_cache]\nmax_parallel_syncs = 0\n")

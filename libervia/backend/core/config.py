@@ -17,7 +17,9 @@ The file is ``libervia.conf`` in the XDG config directory (see
     ``roster`` (contacts in the roster, the default), ``all`` or ``none``.
 ``[pubsub_cache]``
     ``strategy``: ``cache`` (default) or ``no_cache`` to send every request to
-    the network.
+    the network; ``sync_page_size`` (100), ``max_items_per_node`` (10000),
+    ``sync_retry_delay`` (60 seconds) and ``max_parallel_syncs`` (4), described
+    with the pubsub cache in doc/developer.rst.
 ``[logging]``
     ``level``: a :mod:`logging` level name.
 """

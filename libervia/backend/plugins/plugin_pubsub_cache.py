@@ -109,6 +109,7 @@ EXTRA_IDS_IN_REQUEST_ORDER = "item_ids_in_request_order"
 MAX_ITEMS_UNLIMITED = "max"
 
 DEFAULT_SYNC_PAGE_SIZE = 100
+DEFAULT_MAX_PARALLEL_SYNCS = 4
 DEFAULT_MAX_ITEMS_PER_NODE = 10000
 # Delay before the first retry of a failed sync, doubled at each new failure
 # up to the maximum (seconds).
@@ -216,6 +217,9 @@ class PubsubCache:
         )
         self.sync_retry_delay = self._positive_option(
             "sync_retry_delay", DEFAULT_SYNC_RETRY_DELAY
+        )
+        self._sync_slots = defer.DeferredSemaphore(
+            self._positive_option("max_parallel_syncs", DEFAULT_MAX_PARALLEL_SYNCS)
         )
         # Retries of failed syncs: pending timer and failures in a row, per node.
         self._retry_calls: dict[tuple[str, str, str], Any] = {}
@@ -572,6 +576,17 @@ class PubsubCache:
             await defer.DeferredList(list(self._syncs.values()))
 
     async def _sync(
+        self, client: Any, service: JID, node: str, node_id: int, analyser: dict[str, Any],
+    ) -> None:
+        # A profile connecting reconciles all its nodes: at most
+        # max_parallel_syncs of them talk to services at once.
+        await self._sync_slots.acquire()
+        try:
+            await self._sync_node(client, service, node, node_id, analyser)
+        finally:
+            self._sync_slots.release()
+
+    async def _sync_node(
         self, client: Any, service: JID, node: str, node_id: int, analyser: dict[str, Any],
     ) -> None:
         """Synchronise a node: subscribe, fetch every item and make storage equal to it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ from libervia.cli.common import (
     read_stdin,
 )
 from libervia.cli.bridge_client import BridgeTimeout
-from libervia.cli.output import format_date
+from libervia.cli.output import OUTPUT_JSON, format_date
 
 
 def non_negative_int(text: str) -> int:
@@ -42,6 +43,20 @@ DATE_UNITS = {
     "w": 604800, "week": 604800, "weeks": 604800,
 }
 RELATIVE_DATE = re.compile(r"([+-])\s*(\d+)\s*([a-z]+)|(\d+)\s*([a-z]+)\s+ago")
+
+# Operators of li pubsub cache search, as the backend names them.
+SEARCH_LIST_OPERATORS = ("between", "in", "not_in", "overlap", "ioverlap", "disjoint", "idisjoint")
+SEARCH_PATTERN_OPERATORS = ("like", "ilike", "not_like", "not_ilike")
+# Operators whose values are read as dates when the path ends with a date key.
+SEARCH_DATE_OPERATORS = (
+    "eq", "ne", "lt", "le", "gt", "ge", "between", "in", "not_in", "overlap", "disjoint",
+)
+#: Keys of parsed data containing dates as POSIX seconds: those of the microblog model.
+SEARCH_DATE_KEYS = ("published", "updated")
+#: Order keys that are not paths of parsed data.
+SEARCH_ORDER_NAMES = ("created", "updated", "item_id", "relevance")
+#: Parsed keys shown by li pubsub cache search without -k.
+SEARCH_DEFAULT_KEYS = ("title",)
 
 
 def parse_date(text: str) -> str:
@@ -393,6 +408,8 @@ def add_commands(
     add_cache_filter_options(cache_stats)
     cache_stats.set_defaults(handler=run_cache_stats)
 
+    add_cache_search_parser(cache_commands, common)
+
 
 def build_item(payload: str, item_id: str | None) -> str:
     """Return the XML of an ``<item/>`` from a payload or a whole item element.
@@ -720,6 +737,327 @@ def run_cache_stats(ctx: Context, args: argparse.Namespace) -> int:
             ("cache misses", result["misses"]),
         ]
     )
+    return 0
+
+
+def add_cache_search_parser(
+    cache_commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> None:
+    """Register ``li pubsub cache search``."""
+    search = cache_commands.add_parser(
+        "search",
+        help="search the cached items by full text, node and parsed data",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search the items cached for the profile (or for --profiles) and\n"
+        "print them: the newest first, or the best full-text matches first.",
+        epilog="""\
+PATH is a path in the parsed data of items: keys separated by dots, integers
+being list indexes (links.0.href), or a JSON list for keys containing dots or
+made of digits ('["a.b", 0]', '["0"]').
+
+VALUE is read as JSON when it is valid JSON (5, 1.5, true, "5", ["a", "b"])
+and as text otherwise (Alice). The list operators take a JSON list or one
+value, between takes [LOW, HIGH], and the like operators take the text as it
+is. When PATH ends with a date key (published, updated, or a key of
+--date-key), values are dates: POSIX seconds, ISO 8601 (2024-05-01,
+2024-05-01T12:00:00+02:00; local time without an offset), now, or relative
+times written with a space or "ago": "-7 days", "-2 h", "+1 day", "2 weeks ago"
+(units s, m, h, d, w or their names).
+
+Operators: eq ne lt le gt ge between in not_in overlap ioverlap disjoint
+idisjoint like ilike not_like not_ilike exists. See doc/cache_search.rst.""",
+    )
+    search.add_argument(
+        "-f", "--fts", metavar="TEXT",
+        help="full-text search: items whose text contains every word of TEXT, ignoring "
+        "case and accents",
+    )
+    mode = search.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--phrase", dest="fts_mode", action="store_const", const="phrase",
+        help="search the words of --fts as a phrase: next to each other, in that order",
+    )
+    mode.add_argument(
+        "--prefix", dest="fts_mode", action="store_const", const="prefix",
+        help="search each word of --fts as the beginning of a word (caf finds café)",
+    )
+    search.add_argument(
+        "-F", "--filter", dest="filters", action="append", nargs=3,
+        metavar=("PATH", "OP", "VALUE"),
+        help="keep the items whose parsed data at PATH matches OP VALUE (repeatable, "
+        "all must match), e.g. -F tags overlap xmpp",
+    )
+    search.add_argument(
+        "-o", "--order", dest="order", action="append", nargs="+", metavar=("KEY", "DIRECTION"),
+        help="order by KEY, then by the next -o: created, updated, item_id, relevance (with "
+        "--fts) or a PATH; DIRECTION asc or desc (default asc, desc for relevance)",
+    )
+    search.add_argument(
+        "-l", "--limit", type=non_negative_int,
+        help="maximum number of items to print (default 50, at most 1000; 0 prints only "
+        "the count)",
+    )
+    search.add_argument(
+        "-i", "--offset", type=non_negative_int, default=0,
+        help="number of matching items to skip, for the next pages (default 0)",
+    )
+    search.add_argument(
+        "-P", "--payload", action="store_true", help="print the XML payload of each item"
+    )
+    search.add_argument(
+        "-k", "--keys", action="extend", nargs="+", metavar="PATH",
+        help=f"parsed data to show as columns (default: {', '.join(SEARCH_DEFAULT_KEYS)})",
+    )
+    search.add_argument(
+        "--date-key", dest="date_keys", action="extend", nargs="+", metavar="KEY",
+        help=f"more keys whose values are dates (always: {', '.join(SEARCH_DATE_KEYS)})",
+    )
+    search.add_argument(
+        "-s", "--service", dest="services", action="extend", nargs="+", metavar="JID",
+        help="only items of these pubsub services",
+    )
+    search.add_argument(
+        "-n", "--node", dest="nodes", action="extend", nargs="+", metavar="NODE",
+        help="only items of nodes with these names",
+    )
+    search.add_argument(
+        "-t", "--type", dest="types", action="extend", nargs="+", metavar="TYPE",
+        help="only items of nodes of these types, as set by their analyser (e.g. blog)",
+    )
+    search.add_argument(
+        "-S", "--subtype", dest="subtypes", action="extend", nargs="+", metavar="SUBTYPE",
+        help="only items of nodes of these subtypes (e.g. comment)",
+    )
+    search.add_argument(
+        "--item-id", dest="item_ids", action="extend", nargs="+", metavar="ITEM_ID",
+        help="only the items with these ids",
+    )
+    search.add_argument(
+        "--profiles", action="extend", nargs="+", metavar="PROFILE",
+        help="search the items of these profiles instead of the profile of -p",
+    )
+    search.add_argument(
+        "--json", dest="output", action="store_const", const=OUTPUT_JSON,
+        default=argparse.SUPPRESS, help="print the result as JSON (as -O json)",
+    )
+    search.set_defaults(handler=run_cache_search, fts_mode="words")
+
+
+def parse_search_path(text: str, label: str = "path") -> list[str | int]:
+    """Parse a PATH of li pubsub cache search: dotted keys, or a JSON list.
+
+    In the dotted form, an integer is a list index. Raises CliError for an
+    empty path, an empty key or an invalid JSON list.
+    """
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            path = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"invalid {label} {text!r}: not a JSON list ({exc})") from None
+        valid = isinstance(path, list) and bool(path) and all(
+            isinstance(element, (str, int)) and not isinstance(element, bool)
+            for element in path
+        )
+        if not valid:
+            raise CliError(
+                f"invalid {label} {text!r}: a JSON path must be a non-empty list of keys "
+                f'(strings) and list indexes (integers), e.g. \'["a.b", 0]\''
+            )
+        return path
+    if not stripped:
+        raise CliError(f"invalid {label} {text!r}: give at least one key, e.g. title")
+    path: list[str | int] = []
+    for part in stripped.split("."):
+        if not part:
+            raise CliError(
+                f"invalid {label} {text!r}: empty key. Write a key containing a dot as a "
+                f'JSON list, e.g. \'["a.b"]\''
+            )
+        path.append(int(part) if re.fullmatch(r"-?\d+", part) else part)
+    return path
+
+
+def _reject_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_search_value(text: str) -> Any:
+    """Read a VALUE as JSON when it is valid JSON, else as the text itself.
+
+    Python's json module accepts NaN and Infinity, which are not JSON: they
+    stay text here.
+    """
+    try:
+        return json.loads(text, parse_constant=_reject_json_constant)
+    except ValueError:
+        return text
+
+
+def search_date(value: Any, option: str) -> float:
+    """Convert a date VALUE (POSIX seconds, ISO 8601, now or relative) to POSIX seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        raise CliError(f"{option}: invalid date {value!r}, use a date such as 2024-05-01")
+    try:
+        iso = parse_date(value)
+    except argparse.ArgumentTypeError as exc:
+        raise CliError(f"{option}: {exc}") from None
+    return datetime.datetime.fromisoformat(iso).timestamp()
+
+
+def parse_search_filter(
+    path_text: str, operator: str, value_text: str, date_keys: set[str]
+) -> list[Any]:
+    """Turn the PATH OP VALUE of -F into the [path, operator, value] sent to the daemon."""
+    option = f"-F {path_text} {operator} {value_text}"
+    path = parse_search_path(path_text)
+    if operator in SEARCH_PATTERN_OPERATORS:
+        return [path, operator, value_text]
+    value = parse_search_value(value_text)
+    if operator == "exists":
+        if not isinstance(value, bool):
+            raise CliError(f"invalid value {value_text!r} in {option}: use true or false")
+        return [path, operator, value]
+    if operator in SEARCH_LIST_OPERATORS and not isinstance(value, list):
+        if operator == "between":
+            raise CliError(
+                f"invalid value {value_text!r} in {option}: use a JSON list of two bounds, "
+                f"e.g. '[1, 5]' or '[\"-7 days\", \"now\"]'"
+            )
+        value = [value]
+    is_date = isinstance(path[-1], str) and path[-1] in date_keys
+    if is_date and operator in SEARCH_DATE_OPERATORS:
+        if isinstance(value, list):
+            value = [search_date(entry, option) for entry in value]
+        else:
+            value = search_date(value, option)
+    return [path, operator, value]
+
+
+def parse_search_order(words: list[str]) -> dict[str, Any]:
+    """Turn the KEY [DIRECTION] of -o into the order key sent to the daemon."""
+    if len(words) > 2 or (len(words) == 2 and words[1] not in ("asc", "desc")):
+        raise CliError(
+            f"invalid order -o {' '.join(words)}: use -o KEY, -o KEY asc or -o KEY desc"
+        )
+    key = words[0]
+    order: dict[str, Any] = (
+        {"key": key} if key in SEARCH_ORDER_NAMES else {"path": parse_search_path(key, "order")}
+    )
+    if len(words) == 2:
+        order["direction"] = words[1]
+    return order
+
+
+def format_parsed_value(value: Any, is_date: bool) -> str:
+    """Show a value of parsed data in a table cell."""
+    if value is None:
+        return ""
+    if is_date and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_date(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list) and all(isinstance(entry, (str, int, float)) for entry in value):
+        return ", ".join(str(entry) for entry in value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def parsed_value(parsed: Any, path: list[str | int]) -> Any:
+    """Return the value at ``path`` of parsed data, None when there is none."""
+    value = parsed
+    for element in path:
+        if isinstance(element, int) and isinstance(value, list):
+            if not -len(value) <= element < len(value):
+                return None
+            value = value[element]
+        elif isinstance(element, str) and isinstance(value, dict):
+            value = value.get(element)
+        else:
+            return None
+    return value
+
+
+def run_cache_search(ctx: Context, args: argparse.Namespace) -> int:
+    """Search the cached items and print them as a table, or with their payload."""
+    date_keys = {*SEARCH_DATE_KEYS, *(args.date_keys or [])}
+    params: dict[str, Any] = {
+        "fts": args.fts,
+        "fts_mode": args.fts_mode,
+        "filters": [
+            parse_search_filter(path, operator, value, date_keys)
+            for path, operator, value in args.filters or []
+        ],
+        "order_by": [parse_search_order(words) for words in args.order or []],
+        "services": args.services,
+        "nodes": args.nodes,
+        "types": args.types,
+        "subtypes": args.subtypes,
+        "item_ids": args.item_ids,
+        "offset": args.offset,
+        "limit": args.limit,
+        "payload": args.payload,
+        "profiles": args.profiles,
+    }
+    key_texts = args.keys or list(SEARCH_DEFAULT_KEYS)
+    keys = [(text, parse_search_path(text, "key")) for text in key_texts]
+    result = ctx.call(
+        "ps_cache_search",
+        profile=ctx.profile,
+        **{name: value for name, value in params.items() if value not in (None, [])},
+    )
+    if ctx.output.is_json:
+        ctx.output.json(result)
+        return 0
+
+    items = result["items"]
+    show_profile = len(result["profiles"]) > 1
+
+    def key_cells(item: dict[str, Any]) -> list[tuple[str, str]]:
+        cells = []
+        for text, path in keys:
+            is_date = isinstance(path[-1], str) and path[-1] in date_keys
+            value = parsed_value(item.get("parsed"), path)
+            cells.append((text, format_parsed_value(value, is_date)))
+        return cells
+
+    if args.payload:
+        for item in items:
+            where = f"{item['service']} {item['node']} {item['item_id']}"
+            if show_profile:
+                where = f"{item['profile']}: {where}"
+            ctx.output.line(where, style="bold")
+            ctx.output.fields(
+                [("created", format_date(item["created"])), *key_cells(item)]
+            )
+            ctx.output.xml(item.get("payload") or "")
+            ctx.output.line()
+    elif items:
+        columns = ["profile"] if show_profile else []
+        columns += ["service", "node", "item id", "created", *key_texts]
+        rows = []
+        for item in items:
+            row = [item["profile"]] if show_profile else []
+            row += [item["service"], item["node"], item["item_id"], format_date(item["created"])]
+            row += [cell for _, cell in key_cells(item)]
+            rows.append(row)
+        ctx.output.table(columns, rows)
+
+    total = result["total"]
+    offset = result["offset"]
+    if items:
+        summary = f"-- items {offset + 1} to {offset + len(items)} of {total}"
+    elif not total:
+        summary = "-- no cached item matches"
+    elif result["limit"] == 0:
+        summary = f"-- {total} item(s) match"
+    else:
+        summary = f"-- no item from offset {offset}: {total} item(s) match"
+    ctx.output.line(summary, style="dim")
     return 0
 
 

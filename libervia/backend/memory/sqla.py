@@ -40,14 +40,11 @@ from sqlalchemy import (
     Connection,
     Select,
     Table,
-    column,
     delete,
     event,
     func,
     inspect,
-    literal_column,
     select,
-    table,
     tuple_,
     update,
 )
@@ -74,7 +71,7 @@ from libervia.backend.core.exceptions import (
     ProfileNotFound,
     StorageError,
 )
-from libervia.backend.memory import fulltext
+from libervia.backend.memory import fulltext, search
 from libervia.backend.memory.sqla_mapping import (
     Profile,
     PubsubItem,
@@ -160,6 +157,11 @@ def _on_sqlite_connect(dbapi_connection: DBAPIConnection, record: ConnectionPool
             cursor.execute(pragma)
     finally:
         cursor.close()
+    # SQLite's lower() folds ASCII letters only, so the case-insensitive
+    # search operators call this function instead.
+    dbapi_connection.create_function(
+        search.SQLITE_LOWER_FUNCTION, 1, search.sqlite_lower, deterministic=True
+    )
 
 
 def _on_sqlite_begin(connection: Connection) -> None:
@@ -1195,39 +1197,79 @@ class Storage:
 
     def _search_query(self, words: str, node_id: int | None, limit: int) -> Select | None:
         """Build the query of :meth:`search_item_ids`, None when ``words`` has no word."""
-        query = select(PubsubItem.node_id, PubsubItem.name)
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite":
-            match = fulltext.fts5_query(words)
-            if match is None:
-                return None
-            # A subquery rather than a join: SQLite then runs the FTS5 query
-            # once, even when it walks a node's items by index, instead of
-            # probing the FTS5 table once per item.
-            fts_table = table(fulltext.SQLITE_FTS_TABLE, column("rowid"))
-            matching_ids = select(fts_table.c.rowid).where(
-                literal_column(fulltext.SQLITE_FTS_TABLE).bool_op("MATCH")(match)
-            )
-            query = query.where(PubsubItem.id.in_(matching_ids))
-        elif dialect == "postgresql":
-            phrases = fulltext.pg_query_words(words)
-            if not phrases:
-                return None
-            config = literal_column(f"'{fulltext.PG_TS_CONFIG}'::regconfig")
-            ts_query = func.phraseto_tsquery(config, phrases[0])
-            for phrase in phrases[1:]:
-                ts_query = ts_query.op("&&")(func.phraseto_tsquery(config, phrase))
-            vector = literal_column(f"{PubsubItem.__tablename__}.{fulltext.PG_VECTOR_COLUMN}")
-            query = query.where(vector.bool_op("@@")(ts_query))
-        else:
-            raise StorageError(
-                f"database {self.display_name} uses {dialect}, which has no full-text "
-                f"index: use SQLite or PostgreSQL"
-            )
-
+        match = search.full_text_condition(self.engine.dialect.name, words, "words")
+        if match is None:
+            return None
+        query = select(PubsubItem.node_id, PubsubItem.name).where(match)
         if node_id is not None:
             query = query.where(PubsubItem.node_id == node_id)
         return query.order_by(PubsubItem.updated.desc(), PubsubItem.id.desc()).limit(limit)
+
+    @aio
+    async def search_pubsub_items(
+        self,
+        fts: str | None = None,
+        fts_mode: str = "words",
+        *,
+        profile_ids: Sequence[int] | None = None,
+        services: Sequence[str] | None = None,
+        nodes: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+        subtypes: Sequence[str] | None = None,
+        item_ids: Sequence[str] | None = None,
+        filters: Sequence[Sequence[Any]] = (),
+        order_by: Sequence[Sequence[Any]] = (),
+        offset: int = 0,
+        limit: int = search.DEFAULT_LIMIT,
+        with_payload: bool = False,
+    ) -> search.SearchResult:
+        """Search cached items by full text, node and item filters, and parsed data.
+
+        ``fts`` is user text searched in the items' text (see
+        :meth:`search_item_ids` for how words are split): with ``fts_mode``
+        "words" every word must appear, "phrase" needs the words next to each
+        other in that order, and "prefix" takes each word as the beginning
+        of a word. None or blank text applies no full-text condition, text
+        with only punctuation matches nothing.
+
+        ``profile_ids``, ``services``, ``nodes`` (node names), ``types``,
+        ``subtypes`` (of the nodes) and ``item_ids`` keep the items whose
+        value is in the list. None selects everything, and an empty list
+        selects nothing.
+
+        ``filters`` are ``(path, operator, value)`` conditions on the parsed
+        data. ``path`` is a list of keys (str) and list indexes (int), and
+        the operator is one of :data:`search.OPERATORS` (see doc/cache_search.rst).
+
+        ``order_by`` is a list of ``(key, direction)`` pairs: ``key`` is
+        "created", "updated", "item_id", "relevance" (needs ``fts``) or a
+        path of parsed data, ``direction`` "asc", "desc" or None (relevance
+        best first, other keys ascending). The row id breaks ties. The
+        default order is by relevance with ``fts``, else newest created
+        first.
+
+        Returns the page of at most ``limit`` hits (up to
+        :data:`search.MAX_LIMIT`) after ``offset``, each with its payload
+        when ``with_payload`` is set, and the total number of matches.
+        Raises InvalidValue naming an invalid argument.
+        """
+        request = search.check_request(
+            fts=fts, fts_mode=fts_mode, profile_ids=profile_ids, services=services,
+            nodes=nodes, types=types, subtypes=subtypes, item_ids=item_ids, filters=filters,
+            order_by=order_by, offset=offset, limit=limit, with_payload=with_payload,
+        )
+        page, count = search.build_queries(self.engine.dialect.name, request)
+        async with self._session() as session:
+            total = await session.scalar(count) or 0
+            rows = (await session.execute(page)).all() if request.limit else []
+        hits = []
+        for row in rows:
+            fields = dict(row._mapping)
+            # Parsed data is None for the items of a node without a parser.
+            if not isinstance(fields["parsed"], dict):
+                fields["parsed"] = {}
+            hits.append(search.SearchHit(**fields))
+        return search.SearchResult(hits=hits, total=total)
 
     # Administration of the pubsub cache.
 

@@ -18,7 +18,6 @@ What the servers do differently, and the tests check:
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,7 +28,6 @@ import pytest_twisted
 from libervia.backend.tools import wokkel_compat  # noqa: F401  (before wokkel)
 
 from twisted.internet import reactor, task
-from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from libervia.backend.core import constants as C
@@ -41,6 +39,7 @@ from libervia.backend.plugins.plugin_pubsub_cache import (
     ORDER_MODIFICATION,
 )
 from libervia.backend.plugins.plugin_xep_0060 import NS_PUBSUB
+from libervia.testing.session import BackendSession, backend_session
 
 SERVERS = ["prosody", "ejabberd"]
 NS_TEST = "urn:example:cache-changes"
@@ -62,23 +61,12 @@ def make_item(item_id: str, text: str) -> domish.Element:
     return item
 
 
-class Session:
+class Session(BackendSession):
     """An in-process backend with alice and bob connected, bob's cache syncing test nodes."""
 
     def __init__(self, server: Any, backend: Any) -> None:
-        self.server = server
-        self.backend = backend
-        self.service = JID(server.pubsub_service)
-        self.pubsub = backend.plugins["XEP-0060"]
-        self.cache = backend.plugins["PUBSUB_CACHE"]
+        super().__init__(server, backend, IQ_TIMEOUT)
         self.signals: list[tuple[str, dict[str, Any]]] = []
-
-    @property
-    def is_ejabberd(self) -> bool:
-        return type(self.server).__name__ == "EjabberdServer"
-
-    def client(self, profile: str) -> Any:
-        return self.backend.get_client(profile)
 
     async def publish(self, item_id: str, text: str | None = None, node: str = "") -> None:
         await self.pubsub.publish(
@@ -144,39 +132,18 @@ class Session:
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def session(server: Any) -> AsyncIterator[Session]:
-    from libervia.backend.core.main import Backend
+    analyser = {"name": "cache-changes-test", "type": "test", "node": NODE_PREFIX,
+                "to_sync": True}
+    async with backend_session(server, analysers=[analyser], iq_timeout=IQ_TIMEOUT) as base:
+        session = Session(server, base.backend)
+        send_signal = base.backend.bridge.send_signal
 
-    base = tempfile.mkdtemp(prefix="lbc-", dir="/tmp")
-    with pytest.MonkeyPatch.context() as patch:
-        for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
-            patch.setenv(var, f"{base}/{var.lower()}")
-        patch.delenv("LIBERVIA_DB_URL", raising=False)
-        backend = Backend()
-        await backend.start()
-        try:
-            backend.plugins["PUBSUB_CACHE"].register_analyser(
-                {"name": "cache-changes-test", "type": "test", "node": NODE_PREFIX,
-                 "to_sync": True}
-            )
-            for profile in ("alice", "bob"):
-                await backend._profile_create(
-                    profile, f"{profile}@{server.domain}", server.accounts[profile],
-                    {"host": server.host, "port": server.port,
-                     "ca_file": str(server.ca_file)},
-                )
-                client = await backend.connect_profile(profile)
-                client.options.iq_timeout = IQ_TIMEOUT
-            session = Session(server, backend)
-            send_signal = backend.bridge.send_signal
+        def record_signal(name: str, **kwargs: Any) -> Any:
+            session.signals.append((name, kwargs))
+            return send_signal(name, **kwargs)
 
-            def record_signal(name: str, **kwargs: Any) -> Any:
-                session.signals.append((name, kwargs))
-                return send_signal(name, **kwargs)
-
-            patch.setattr(backend.bridge, "send_signal", record_signal)
-            yield session
-        finally:
-            await backend.stop()
+        base.backend.bridge.send_signal = record_signal
+        yield session
 
 
 class ReconciliationTests:
@@ -197,8 +164,7 @@ class ReconciliationTests:
         await session.pubsub.retract_items(
             session.client("alice"), session.service, node, ["c"], notify=True
         )
-        await session.backend.connect_profile("bob")
-        session.client("bob").options.iq_timeout = IQ_TIMEOUT
+        await session.connect("bob")
         cached, live = await session.settled(node)
 
         assert cached == live
@@ -215,14 +181,11 @@ class ReconciliationTests:
         node = await session.synced_node(["a"])
 
         await session.backend.disconnect_profile("bob")
-        await session.backend.connect_profile("bob")
+        bob = await session.connect("bob")
         # profile_connected marked the node before any reconciling request.
         state = (await session.node_row(node)).sync_state
         _, metadata = await session.read(node, use_cache=True)
         await session.cache.wait_syncs()
-
-        bob = session.client("bob")
-        bob.options.iq_timeout = IQ_TIMEOUT
         subscriptions = await session.pubsub.get_subscriptions(bob, session.service, node)
 
         assert state == SyncState.IN_PROGRESS

@@ -43,7 +43,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,19 +55,18 @@ import pytest_twisted
 from libervia.backend.tools import wokkel_compat  # noqa: F401  (before wokkel)
 
 from twisted.internet import reactor, task
-from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from libervia.backend.core import constants as C
 from libervia.backend.plugins.plugin_xep_0059 import RSMRequest
 from libervia.backend.plugins.plugin_xep_0060 import NS_PUBSUB
-from libervia.testing.ejabberd import EjabberdServer
 from libervia.testing.pubsub_model import (
     ORDER_CREATION,
     ORDER_MODIFICATION,
     NodeModel,
     expected_page,
 )
+from libervia.testing.session import BackendSession, backend_session
 from libervia.testing.xml_compare import xml_differences
 
 
@@ -140,57 +138,15 @@ def server(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue(request.param)
 
 
-class Session:
+class Session(BackendSession):
     """An in-process backend with alice and bob connected, bob's cache syncing test nodes."""
-
-    def __init__(self, server: Any, backend: Any) -> None:
-        self.server_name = "ejabberd" if isinstance(server, EjabberdServer) else "prosody"
-        self.server = server
-        self.backend = backend
-        self.service = JID(server.pubsub_service)
-        self.pubsub = backend.plugins["XEP-0060"]
-        self.cache = backend.plugins["PUBSUB_CACHE"]
-
-    @property
-    def is_ejabberd(self) -> bool:
-        return self.server_name == "ejabberd"
-
-    def client(self, profile: str) -> Any:
-        """Return the profile's current client, which a reconnection replaces."""
-        return self.backend.get_client(profile)
-
-    async def connect(self, profile: str) -> None:
-        client = await self.backend.connect_profile(profile)
-        client.options.iq_timeout = IQ_TIMEOUT
 
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def session(server: Any) -> AsyncIterator[Session]:
-    from libervia.backend.core.main import Backend
-
-    base = tempfile.mkdtemp(prefix="lbd-", dir="/tmp")
-    with pytest.MonkeyPatch.context() as patch:
-        for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
-            patch.setenv(var, f"{base}/{var.lower()}")
-        patch.delenv("LIBERVIA_DB_URL", raising=False)
-        backend = Backend()
-        await backend.start()
-        try:
-            backend.plugins["PUBSUB_CACHE"].register_analyser(
-                {"name": "cache-diff-test", "type": "test", "node": NODE_PREFIX, "to_sync": True}
-            )
-            for profile in ("alice", "bob"):
-                await backend._profile_create(
-                    profile, f"{profile}@{server.domain}", server.accounts[profile],
-                    {"host": server.host, "port": server.port,
-                     "ca_file": str(server.ca_file)},
-                )
-            session = Session(server, backend)
-            for profile in ("alice", "bob"):
-                await session.connect(profile)
-            yield session
-        finally:
-            await backend.stop()
+    analyser = {"name": "cache-diff-test", "type": "test", "node": NODE_PREFIX, "to_sync": True}
+    async with backend_session(server, analysers=[analyser], iq_timeout=IQ_TIMEOUT) as base:
+        yield Session(server, base.backend, IQ_TIMEOUT)
 
 
 @dataclass

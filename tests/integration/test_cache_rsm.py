@@ -16,7 +16,6 @@ by the item ids of each page and by the count, never by those values.
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,13 +25,13 @@ import pytest_twisted
 
 from libervia.backend.tools import wokkel_compat  # noqa: F401  (before wokkel)
 
-from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from libervia.backend.core import constants as C
 from libervia.backend.memory.sqla_mapping import SyncState
 from libervia.backend.plugins.plugin_xep_0059 import RSMRequest
 from libervia.backend.plugins.plugin_xep_0060 import NS_PUBSUB
+from libervia.testing.session import BackendSession, backend_session
 
 SERVERS = ["prosody", "ejabberd"]
 NS_TEST = "urn:example:cache-rsm"
@@ -51,22 +50,8 @@ def server(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue(request.param)
 
 
-class Session:
+class Session(BackendSession):
     """An in-process backend with alice and bob connected, bob's cache syncing test nodes."""
-
-    def __init__(self, server: Any, backend: Any) -> None:
-        self.server = server
-        self.backend = backend
-        self.service = JID(server.pubsub_service)
-        self.pubsub = backend.plugins["XEP-0060"]
-        self.cache = backend.plugins["PUBSUB_CACHE"]
-
-    @property
-    def is_ejabberd(self) -> bool:
-        return type(self.server).__name__ == "EjabberdServer"
-
-    def client(self, profile: str) -> Any:
-        return self.backend.get_client(profile)
 
     async def new_node(self, count: int) -> tuple[str, list[str]]:
         """Create a node and publish ``count`` items in it; return its name and the ids."""
@@ -94,30 +79,9 @@ class Session:
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def session(server: Any) -> AsyncIterator[Session]:
-    from libervia.backend.core.main import Backend
-
-    base = tempfile.mkdtemp(prefix="lbc-", dir="/tmp")
-    with pytest.MonkeyPatch.context() as patch:
-        for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
-            patch.setenv(var, f"{base}/{var.lower()}")
-        patch.delenv("LIBERVIA_DB_URL", raising=False)
-        backend = Backend()
-        await backend.start()
-        try:
-            backend.plugins["PUBSUB_CACHE"].register_analyser(
-                {"name": "cache-rsm-test", "type": "test", "node": NODE_PREFIX, "to_sync": True}
-            )
-            for profile in ("alice", "bob"):
-                await backend._profile_create(
-                    profile, f"{profile}@{server.domain}", server.accounts[profile],
-                    {"host": server.host, "port": server.port,
-                     "ca_file": str(server.ca_file)},
-                )
-                client = await backend.connect_profile(profile)
-                client.options.iq_timeout = IQ_TIMEOUT
-            yield Session(server, backend)
-        finally:
-            await backend.stop()
+    analyser = {"name": "cache-rsm-test", "type": "test", "node": NODE_PREFIX, "to_sync": True}
+    async with backend_session(server, analysers=[analyser], iq_timeout=IQ_TIMEOUT) as base:
+        yield Session(server, base.backend, IQ_TIMEOUT)
 
 
 @pytest_twisted.async_yield_fixture(scope="module")

@@ -220,13 +220,29 @@ def _upgrade_to_head(connection: Connection) -> None:
     command.upgrade(alembic_config(connection), "head")
 
 
+def _create_private_folder(folder: Path) -> None:
+    """Create ``folder`` and its missing parents with mode 0700.
+
+    ``Path.mkdir(parents=True)`` gives the parents the mode of the umask
+    (0777 with umask 000), and the XDG base directory specification asks for
+    0700 on the folders it creates.
+    """
+    missing = []
+    current = folder
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for created in reversed(missing):
+        created.mkdir(mode=0o700, exist_ok=True)
+
+
 def _prepare_sqlite_file(path: Path) -> bool:
-    """Create the database file (mode 0600) and its folder (0700) or check the file.
+    """Create the database file (mode 0600) and its folders (0700) or check the file.
 
     Returns True when the file already existed with content. Raises
     StorageError when the file exists but is not an SQLite database.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _create_private_folder(path.parent)
 
     try:
         # Created here, before SQLite opens it, because SQLite would use the
@@ -265,30 +281,44 @@ def _backup_sqlite_file(path: Path, revision: str) -> Path:
     """Copy the SQLite database ``path`` to ``<path>.bak-<revision>`` (mode 0600).
 
     The SQLite backup API is used instead of a file copy because committed
-    data may still sit in the WAL file. An existing backup is never
-    overwritten: a numeric suffix is added instead.
+    data may still sit in the WAL file. The copy is written to
+    ``<path>.bak-<revision>.partial`` and renamed once complete, so a crash
+    during the copy leaves no incomplete file under a backup name (the next
+    backup removes that leftover). An existing backup is never overwritten:
+    a numeric suffix is added instead.
     """
-    target = path.with_name(f"{path.name}.bak-{revision}")
-    counter = 1
-    while True:
-        try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            target = path.with_name(f"{path.name}.bak-{revision}.{counter}")
-            counter += 1
-        else:
-            os.close(fd)
-            break
-
-    source = sqlite3.connect(path)
+    partial = path.with_name(f"{path.name}.bak-{revision}.partial")
+    for leftover in (partial, partial.with_name(f"{partial.name}-journal")):
+        leftover.unlink(missing_ok=True)
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
-        destination = sqlite3.connect(target)
+        source = sqlite3.connect(path)
         try:
-            source.backup(destination)
+            destination = sqlite3.connect(partial)
+            try:
+                source.backup(destination)
+            finally:
+                destination.close()
         finally:
-            destination.close()
-    finally:
-        source.close()
+            source.close()
+
+        target = path.with_name(f"{path.name}.bak-{revision}")
+        counter = 1
+        while True:
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                target = path.with_name(f"{path.name}.bak-{revision}.{counter}")
+                counter += 1
+            else:
+                os.close(fd)
+                break
+        # NOTE: a crash between the reservation above and this rename leaves
+        # an empty file under the backup name.
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return target
 
 

@@ -42,6 +42,7 @@ from libervia.backend.core.exceptions import (
     PubsubBadRequest,
     PubsubError,
     PubsubFeatureNotImplemented,
+    PubsubItemNotFound,
 )
 from libervia.backend.memory.sqla import ItemsPage
 from libervia.backend.memory.sqla_mapping import SyncState
@@ -199,6 +200,15 @@ class PubsubCache:
         # TODO: several daemons sharing one PostgreSQL database need a shared
         # invalidation (LISTEN/NOTIFY) before this memo can be trusted there.
         self._completed: dict[tuple[int, str, str], ServedNode] = {}
+        # Ids of the profiles whose profile_connected is taking their COMPLETED
+        # nodes back to IN_PROGRESS. Until it has, storage and the memo still
+        # show those nodes COMPLETED without the changes made while the
+        # profile was offline (or lost by a crash), so none of them is served.
+        self._reconnecting_profiles: set[int] = set()
+        # Nodes (profile id, service, node) whose notification could not be
+        # applied: not served until a sync completes them, even when their
+        # ERROR state could not be stored (on a full disk, for instance).
+        self._unserved_nodes: set[tuple[int, str, str]] = set()
         # Order of the items of each service (see EXTRA_ITEM_ORDER) and the
         # orders of its max_items and item ids results, once known.
         self._service_orders: dict[str, str] = {}
@@ -227,15 +237,17 @@ class PubsubCache:
 
         host.trigger.add(TRIGGER_GET_ITEMS, self._get_items_trigger, TRIGGER_PRIORITY)
         host.trigger.add(TRIGGER_ITEMS_RECEIVED, self._items_received_trigger, TRIGGER_PRIORITY)
-        self._p.add_node_callback("", EVENT_ITEMS, self._on_items_event, TRIGGER_PRIORITY)
-        self._p.add_node_callback("", EVENT_PURGE, self._on_purge_event, TRIGGER_PRIORITY)
-        self._p.add_node_callback("", EVENT_DELETE, self._on_delete_event, TRIGGER_PRIORITY)
-        self._p.add_node_callback(
-            "", EVENT_CONFIGURATION, self._on_configuration_event, TRIGGER_PRIORITY
-        )
-        self._p.add_node_callback(
-            "", EVENT_SUBSCRIPTION, self._on_subscription_event, TRIGGER_PRIORITY
-        )
+        event_handlers = {
+            EVENT_ITEMS: self._on_items_event,
+            EVENT_PURGE: self._on_purge_event,
+            EVENT_DELETE: self._on_delete_event,
+            EVENT_CONFIGURATION: self._on_configuration_event,
+            EVENT_SUBSCRIPTION: self._on_subscription_event,
+        }
+        for kind, handler in event_handlers.items():
+            self._p.add_node_callback(
+                "", kind, self._guard_event_handler(handler), TRIGGER_PRIORITY
+            )
         host.trigger.add(TRIGGER_NODE_CONFIGURED, self._node_configured_trigger, TRIGGER_PRIORITY)
         host.trigger.add(TRIGGER_UNSUBSCRIBED, self._unsubscribed_trigger, TRIGGER_PRIORITY)
         host.bridge.register_method("ps_cache_get", self._bridge_cache_get)
@@ -441,7 +453,11 @@ class PubsubCache:
         self, client: Any, service: str, node: str,
     ) -> ServedNode | None:
         """Return what serving a COMPLETED node needs, or None when it must not be served."""
+        if client.profile_id in self._reconnecting_profiles:
+            return None
         key = (client.profile_id, service, node)
+        if key in self._unserved_nodes:
+            return None
         completed = self._completed.get(key)
         if completed is not None:
             return completed
@@ -473,6 +489,8 @@ class PubsubCache:
         # The memo is filled again from storage by the next request.
         self._completed.pop((client.profile_id, service, node), None)
         await self.host.storage.update_pubsub_node_sync_state(node_id, state)
+        if state == SyncState.COMPLETED:
+            self._unserved_nodes.discard((client.profile_id, service, node))
 
     def _forget_node(self, client: Any, service: str, node: str) -> None:
         self.forget_node(client.profile_id, service, node)
@@ -988,28 +1006,89 @@ class PubsubCache:
         nodes are reconciled: the items published, edited or retracted while
         the profile was offline are applied. They are not served until then.
         """
-        nodes = await self.host.storage.get_pubsub_nodes(profile_id=client.profile_id)
-        for node_row in nodes:
-            if node_row.sync_state not in (
-                SyncState.IN_PROGRESS, SyncState.ERROR, SyncState.COMPLETED
-            ):
-                continue
-            analyser = self.analysers.get(node_row.analyser or "")
-            if analyser is None or not analyser["to_sync"]:
-                continue
-            if node_row.sync_state == SyncState.COMPLETED:
-                # Stop serving it now, not when the sync task gets the lock.
-                await self._set_state(
-                    client, node_row.service, node_row.name, node_row.id,
-                    SyncState.IN_PROGRESS,
+        # Added before the first await. The host calls this hook in the
+        # reactor turn where the client becomes usable (at a first connection
+        # and at a stream re-establishment), so no request is served between.
+        # NOTE: this is true while no other plugin's profile_connected hook,
+        # called before this one, waits.
+        self._reconnecting_profiles.add(client.profile_id)
+        try:
+            nodes = await self.host.storage.get_pubsub_nodes(profile_id=client.profile_id)
+            for node_row in nodes:
+                if node_row.sync_state not in (
+                    SyncState.IN_PROGRESS, SyncState.ERROR, SyncState.COMPLETED
+                ):
+                    continue
+                analyser = self.analysers.get(node_row.analyser or "")
+                if analyser is None or not analyser["to_sync"]:
+                    continue
+                if node_row.sync_state == SyncState.COMPLETED:
+                    # Stop serving it now, not when the sync task gets the lock.
+                    await self._set_state(
+                        client, node_row.service, node_row.name, node_row.id,
+                        SyncState.IN_PROGRESS,
+                    )
+                # NOTE: reconciling fetches every item again. An item id listing
+                # (disco#items) is cheaper, but Prosody 0.12 and ejabberd 23.01
+                # give no modification time with it, so it cannot reveal items
+                # edited while the profile was offline.
+                self.start_sync(
+                    client, JID(node_row.service), node_row.name, node_row.id, analyser
                 )
-            # NOTE: reconciling fetches every item again. An item id listing
-            # (disco#items) is cheaper, but Prosody 0.12 and ejabberd 23.01
-            # give no modification time with it, so it cannot reveal items
-            # edited while the profile was offline.
-            self.start_sync(client, JID(node_row.service), node_row.name, node_row.id, analyser)
+        finally:
+            self._reconnecting_profiles.discard(client.profile_id)
 
     # events
+
+    def _guard_event_handler(
+        self, handler: Callable[[Any, Any], Any],
+    ) -> Callable[[Any, Any], Any]:
+        """Wrap a notification handler so that its failure stops serving the node."""
+
+        async def handle(client: Any, event: Any) -> None:
+            try:
+                await handler(client, event)
+            except Exception as e:
+                await self._event_failed(client, event, e)
+
+        return handle
+
+    async def _event_failed(self, client: Any, event: Any, error: Exception) -> None:
+        """Stop serving a node whose notification was not applied, and sync it again later.
+
+        Its stored items may differ from the service's now. The node goes to
+        the ERROR state, with the ``ps_cache_sync`` ERROR signal, and a sync
+        is retried as after a failed sync.
+        """
+        service = event.sender.full() if event.sender else client.jid.userhost()
+        node = event.nodeIdentifier
+        self._unserved_nodes.add((client.profile_id, service, node))
+        self._completed.pop((client.profile_id, service, node), None)
+        log.warning(
+            "profile %s: notification of node %s of %s not applied to the cache: %s. The "
+            "node is not served from the cache until synchronised again",
+            client.profile, node, service, error, exc_info=error,
+        )
+        key = _node_key(client, service, node)
+        node_row = None
+        await self._lock(key).acquire()
+        try:
+            node_row = await self._synced_node_row(client, service, node)
+            if node_row is not None:
+                await self._set_state(client, service, node, node_row.id, SyncState.ERROR)
+        except Exception as e:
+            log.warning(
+                "profile %s: ERROR state of node %s of %s not stored: %s",
+                client.profile, node, service, e,
+            )
+        finally:
+            self._lock(key).release()
+        if node_row is None:
+            return
+        self._send_sync_signal(client, JID(service), node, SyncState.ERROR.value, error=str(error))
+        analyser = self.analysers.get(node_row.analyser or "")
+        if analyser is not None and analyser["to_sync"]:
+            self._schedule_retry(client, JID(service), node, node_row.id, analyser)
 
     async def _cached_node(self, client: Any, event: Any) -> Any:
         service = event.sender.full() if event.sender else client.jid.userhost()
@@ -1042,24 +1121,36 @@ class PubsubCache:
                 return
             extra = node_row.extra or {}
             published: list[tuple[str, str, dict | None, str | None]] = []
-            retracted: list[str] = []
-            for elt in event.items:
-                if elt.name == "retract":
-                    if elt.getAttribute("id"):
-                        retracted.append(elt["id"])
+            changes = self._final_changes(client, node_row, event.items)
+            retracted = [item_id for item_id, elt in changes.items() if elt is None]
+            for item_id, elt in changes.items():
+                if elt is None:
                     continue
-                if elt.name != "item":
-                    continue
-                if not any(True for _ in elt.elements()) and elt.getAttribute("id"):
+                if not any(True for _ in elt.elements()):
                     # Notification without payload: fetch the item rather than
                     # replacing a full cached item with an empty one.
-                    fetched, _ = await self._p.get_items(
-                        client, service, node, item_ids=[elt["id"]],
-                        extra={"use_cache": False},
-                    )
-                    if not fetched:
+                    try:
+                        fetched, _ = await self._p.get_items(
+                            client, service, node, item_ids=[item_id],
+                            extra={"use_cache": False},
+                        )
+                    except PubsubItemNotFound:
+                        fetched = []
+                    except PubsubError as e:
+                        log.warning(
+                            "profile %s: item %.80r of %s node %s, notified without payload, "
+                            "could not be fetched (%s): syncing the node again",
+                            client.profile, item_id, node_row.service, node, e,
+                        )
+                        resync = True
                         continue
-                    elt = fetched[0]
+                    elt = next(
+                        (item for item in fetched if item.getAttribute("id") == item_id), None
+                    )
+                    if elt is None:
+                        # Retracted since the notification was sent.
+                        retracted.append(item_id)
+                        continue
                 publisher = elt.getAttribute("publisher")
                 if publisher and not extra.get("publisher_in_items", True):
                     del elt.attributes["publisher"]
@@ -1088,6 +1179,14 @@ class PubsubCache:
                     # created (ejabberd 23.01) or last (Prosody 0.12). Until
                     # a full result shows which, the node is not served.
                     resync = await self._edit_moves_order(node_row, edited)
+                elif edited and not extra.get(EXTRA_ITEM_ORDER):
+                    # The service's order was learned from another node, maybe
+                    # after this one was first served in creation order:
+                    # record it, and serve the node in that order from now on.
+                    await storage.update_pubsub_node_extra(
+                        node_row.id, **{EXTRA_ITEM_ORDER: self._service_orders[node_row.service]}
+                    )
+                    self._forget_node(client, node_row.service, node)
                 if published:
                     await storage.cache_pubsub_items(node_row.id, published)
                 max_items = extra.get(EXTRA_MAX_ITEMS)
@@ -1113,6 +1212,45 @@ class PubsubCache:
         )
         if resync and analyser is not None:
             self.start_sync(client, service, node, node_row.id, analyser)
+
+    @staticmethod
+    def _final_changes(
+        client: Any, node_row: Any, elements: list[domish.Element],
+    ) -> dict[str, domish.Element | None]:
+        """Map each item id of an items notification to its last ``<item/>``, or None if retracted.
+
+        Elements apply in document order, so a retract followed by a publish
+        of the same id leaves the item. Items without id and repeated ids are
+        logged.
+        """
+        changes: dict[str, domish.Element | None] = {}
+        repeated: set[str] = set()
+        without_id = 0
+        for elt in elements:
+            if elt.name not in ("item", "retract"):
+                continue
+            item_id = elt.getAttribute("id")
+            if not item_id:
+                # XEP-0060 drops retracts without id before the callbacks.
+                without_id += 1
+                continue
+            if item_id in changes:
+                repeated.add(item_id)
+            # Moved to the end, so items are stored in the order of their last element.
+            changes.pop(item_id, None)
+            changes[item_id] = elt if elt.name == "item" else None
+        if repeated:
+            log.debug(
+                "profile %s: %s node %s: item ids %.200s appear more than once in one "
+                "notification, the last element of each applies",
+                client.profile, node_row.service, node_row.name, sorted(repeated),
+            )
+        if without_id:
+            log.debug(
+                "profile %s: %d items without id dropped from a notification of %s node %s",
+                client.profile, without_id, node_row.service, node_row.name,
+            )
+        return changes
 
     async def _evict(
         self, client: Any, service: JID, node_row: Any, max_items: int,

@@ -1001,15 +1001,14 @@ def run_cache_search(ctx: Context, args: argparse.Namespace) -> int:
         "offset": args.offset,
         "limit": args.limit,
         "payload": args.payload,
-        "profiles": args.profiles,
     }
     key_texts = args.keys or list(SEARCH_DEFAULT_KEYS)
     keys = [(text, parse_search_path(text, "key")) for text in key_texts]
-    result = ctx.call(
-        "ps_cache_search",
-        profile=ctx.profile,
-        **{name: value for name, value in params.items() if value not in (None, [])},
-    )
+    params = {name: value for name, value in params.items() if value not in (None, [])}
+    if args.profiles:
+        result = ctx.call("ps_cache_search_all_profiles", profiles=args.profiles, **params)
+    else:
+        result = ctx.call("ps_cache_search", profile=ctx.profile, **params)
     if ctx.output.is_json:
         ctx.output.json(result)
         return 0

@@ -910,20 +910,32 @@ class PluginTests:
 
     @pytest_twisted.ensureDeferred
     async def test_named_profiles(self, plugin: PubsubCacheSearch) -> None:
-        result = await plugin._bridge_search(fts="apple", profiles=["alice", "bob"])
+        result = await plugin._bridge_search_all_profiles(
+            fts="apple", profiles=["alice", "bob"]
+        )
         assert "bob-1" in item_ids(result)
         assert result["total"] == 5
         assert result["profiles"] == ["alice", "bob"]
 
     @pytest_twisted.ensureDeferred
-    async def test_profiles_replace_caller(self, plugin: PubsubCacheSearch) -> None:
-        result = await plugin._bridge_search(profiles=["bob"], profile="alice")
-        assert item_ids(result) == ["bob-1"]
+    async def test_all_profiles_by_default(self, plugin: PubsubCacheSearch) -> None:
+        result = await plugin._bridge_search_all_profiles(fts="apple")
+        assert result["profiles"] == ["alice", "bob"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_single_profile_method_takes_no_profiles(
+        self, plugin: PubsubCacheSearch
+    ) -> None:
+        # Searching other profiles goes through the method whose name says so.
+        with pytest.raises(TypeError):
+            await plugin._bridge_search(profiles=["bob"], profile="alice")
+        with pytest.raises(InvalidValue, match="profiles"):
+            await plugin._bridge_search_all_profiles(profile="alice")
 
     @pytest_twisted.ensureDeferred
     async def test_unknown_profile(self, plugin: PubsubCacheSearch) -> None:
         with pytest.raises(ProfileNotFound, match="nobody"):
-            await plugin._bridge_search(profiles=["alice", "nobody"])
+            await plugin._bridge_search_all_profiles(profiles=["alice", "nobody"])
         with pytest.raises(ProfileNotFound, match="nobody"):
             await plugin._bridge_search(profile="nobody")
 

@@ -401,7 +401,9 @@ class BridgeServer:
         """Parse one request line and dispatch it; send request errors at once."""
         try:
             request = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
+            # The json module recurses once per nesting level of arrays and
+            # objects, so "[[[[..." raises RecursionError.
             log.debug("bridge request is not valid JSON: %s", exc)
             conn.send(error_message(None, PARSE_ERROR, f"parse error: {exc}"))
             return

@@ -30,7 +30,15 @@ def data_dir(create: bool = False) -> Path:
     """Return the directory holding the default SQLite database."""
     path = Path(platformdirs.user_data_dir(C.APP_NAME, appauthor=False))
     if create:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Path.mkdir(parents=True) would give the missing parents the
+        # umask's mode: each missing folder is made private instead.
+        missing = []
+        folder = path
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            folder.mkdir(mode=0o700, exist_ok=True)
     return path
 
 

@@ -224,8 +224,8 @@ def _create_private_folder(folder: Path) -> None:
     """Create ``folder`` and its missing parents with mode 0700.
 
     ``Path.mkdir(parents=True)`` gives the parents the mode of the umask
-    (0777 with umask 000), and the XDG base directory specification asks for
-    0700 on the folders it creates.
+    (0777 with umask 000), while the XDG Base Directory Specification
+    recommends mode 0700 for a missing destination folder.
     """
     missing = []
     current = folder

@@ -966,6 +966,19 @@ class PubsubCache:
                 client, service, node, extra=extra,
                 rsm_request=RSMRequest(max=self.sync_page_size, after=last),
             )
+        if count is not None and len(fetched) < count:
+            # Paging stopped early (no last key, repeated items or an empty
+            # page) although the service counts more items: a node stored
+            # from these pages would be served incomplete.
+            log.info(
+                "profile %s: RSM paging of %s node %s stopped at %d of %d items: "
+                "fetching every item in one request", client.profile, service.full(), node,
+                len(fetched), count,
+            )
+            items, _ = await self._p.get_items(client, service, node, extra=extra)
+            if len(items) > limit:
+                raise NodeTooLarge(f"{len(items)} items, more than the limit of {limit}")
+            return items
         log.debug(
             "profile %s: %d items of %s node %s fetched in %d RSM pages",
             client.profile, len(fetched), service.full(), node, pages,

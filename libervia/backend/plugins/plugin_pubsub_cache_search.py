@@ -27,11 +27,12 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+from twisted.words.protocols.jabber.jid import InvalidFormat
 
 from libervia.backend.core.exceptions import InvalidValue, ProfileNotFound
 from libervia.backend.memory import search
 from libervia.backend.memory.search import SearchHit
+from libervia.backend.plugins.plugin_xep_0060 import make_jid
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def _service_jids(services: Any) -> list[str] | None:
     jids = []
     for name in names:
         try:
-            jids.append(JID(name).full())
+            jids.append(make_jid(name).full())
         except InvalidFormat as exc:
             raise InvalidValue(f"invalid service JID {name!r}: {exc}") from None
     return jids
@@ -209,6 +210,9 @@ class PubsubCacheSearch:
     def __init__(self, host: Any) -> None:
         self.host = host
         host.bridge.register_method("ps_cache_search", self._bridge_search)
+        host.bridge.register_method(
+            "ps_cache_search_all_profiles", self._bridge_search_all_profiles
+        )
 
     async def _profile_names(self, profiles: Any, profile: str | None) -> dict[int, str]:
         """Map the ids of the searched profiles to their names.
@@ -268,17 +272,60 @@ class PubsubCacheSearch:
         offset: int | None = None,
         limit: int | None = None,
         payload: bool = False,
-        profiles: list[str] | None = None,
         profile: str | None = None,
     ) -> dict[str, Any]:
-        """Search the cached items of the calling profile, or of the ``profiles`` named.
+        """Search the cached items of the calling profile.
 
         ``fts`` is full-text search in ``fts_mode`` (words, phrase or
         prefix); ``payload`` adds each item's XML. See the module docstring
         for ``filters``, ``order_by`` and dates. Raises InvalidValue naming
         an invalid argument, ProfileNotFound for an unknown profile.
         """
-        profile_names = await self._profile_names(profiles, profile)
+        return await self._search_profiles(
+            await self._profile_names(None, profile), fts=fts, fts_mode=fts_mode,
+            filters=filters, order_by=order_by, services=services, nodes=nodes,
+            types=types, subtypes=subtypes, item_ids=item_ids, offset=offset,
+            limit=limit, payload=payload,
+        )
+
+    async def _bridge_search_all_profiles(
+        self, profiles: list[str] | None = None, **arguments: Any,
+    ) -> dict[str, Any]:
+        """Search the cached items of several profiles: the ``profiles`` named, or all of them.
+
+        Takes the arguments of ``ps_cache_search`` except ``profile``. Each
+        hit names its profile. Raises ProfileNotFound naming each unknown
+        profile.
+        """
+        if "profile" in arguments:
+            raise InvalidValue(
+                "ps_cache_search_all_profiles takes 'profiles', a list of profile names, "
+                "not 'profile'"
+            )
+        if profiles is None or profiles == []:
+            profiles = [row.name for row in await self.host.storage.list_profiles()]
+            if not profiles:
+                raise ProfileNotFound("no profile exists: create one with li profile create")
+        return await self._search_profiles(
+            await self._profile_names(profiles, None), **arguments
+        )
+
+    async def _search_profiles(
+        self,
+        profile_names: dict[int, str],
+        fts: str | None = None,
+        fts_mode: str | None = None,
+        filters: list[Any] | None = None,
+        order_by: list[Any] | None = None,
+        services: list[str] | None = None,
+        nodes: list[str] | None = None,
+        types: list[str] | None = None,
+        subtypes: list[str] | None = None,
+        item_ids: list[str] | None = None,
+        offset: int | None = None,
+        limit: int | None = None,
+        payload: bool = False,
+    ) -> dict[str, Any]:
         if not isinstance(payload, bool):
             raise InvalidValue(f"payload must be true or false, not {payload!r}")
         return await self.search(

@@ -43,8 +43,8 @@ REQUEST_KEYS = ("max", "after", "before", "index")
 def _non_negative_int(value: Any, name: str) -> int | None:
     """Return ``value`` as an int of at least 0; None stays None.
 
-    Accepts ints and strings of decimal digits (values read from XML or a
-    command line). Raises InvalidValue naming the ``name`` field otherwise.
+    Accepts ints and strings of ASCII decimal digits (values read from XML or
+    a command line). Raises InvalidValue naming the ``name`` field otherwise.
     """
     if value is None:
         return None
@@ -52,9 +52,16 @@ def _non_negative_int(value: Any, name: str) -> int | None:
         raise InvalidValue(f"invalid RSM {name} {value!r}: expected an integer of 0 or more")
     if isinstance(value, str):
         text = value.strip()
-        if not text.isdigit():
-            raise InvalidValue(f"invalid RSM {name} {value!r}: expected an integer of 0 or more")
-        return int(text)
+        # str.isdigit() also accepts digits that int() rejects, such as "²".
+        if not (text.isascii() and text.isdigit()):
+            raise InvalidValue(
+                f"invalid RSM {name} {value[:80]!r}: expected an integer of 0 or more"
+            )
+        try:
+            return int(text)
+        except ValueError as e:
+            # Python refuses to convert more than 4300 digits by default.
+            raise InvalidValue(f"invalid RSM {name} {value[:80]!r}: {e}") from e
     if not isinstance(value, int):
         raise InvalidValue(f"invalid RSM {name} {value!r}: expected an integer of 0 or more")
     if value < 0:
@@ -208,13 +215,36 @@ class RSMResponse:
     @classmethod
     def from_element(cls, set_elt: domish.Element) -> RSMResponse:
         """Parse a response ``<set/>``; raise InvalidValue for invalid numbers."""
+        response, errors = cls.read_element(set_elt)
+        if errors:
+            raise InvalidValue(errors[0])
+        return response
+
+    @classmethod
+    def read_element(cls, set_elt: domish.Element) -> tuple[RSMResponse, list[str]]:
+        """Parse a response ``<set/>``, leaving out invalid numbers; return it with the errors.
+
+        A service's page keys (``first``, ``last``) stay usable when its
+        ``count`` or ``index`` is invalid.
+        """
         first_elt = next(set_elt.elements(NS_RSM, "first"), None)
-        return cls(
+        numbers = {
+            "first_index": None if first_elt is None else first_elt.getAttribute("index"),
+            "count": _child_text(set_elt, "count"),
+        }
+        errors = []
+        for key, value in numbers.items():
+            try:
+                numbers[key] = _non_negative_int(value, key.replace("_", " "))
+            except InvalidValue as e:
+                errors.append(str(e))
+                numbers[key] = None
+        response = cls(
             first=None if first_elt is None else str(first_elt),
-            first_index=None if first_elt is None else first_elt.getAttribute("index"),
             last=_child_text(set_elt, "last"),
-            count=_child_text(set_elt, "count"),
+            **numbers,
         )
+        return response, errors
 
 
 class XEP_0059:

@@ -14,6 +14,15 @@ delay stamp, and handed to the trigger point of their kind, then to the
 callbacks registered for the node, then to frontends as the ``ps_event``
 bridge signal.
 
+Remote input is checked where it is parsed, in notifications and in items
+results alike, so the cache stores what the network path returns. Invalid
+parts are dropped and logged once at debug level with the profile, the
+service and the node: items that :func:`item_problem` rejects, retracts
+without id, unknown elements, nameless SHIM headers, invalid configuration
+forms and ``pubsub#max_items`` values. A notification without a valid
+sender or node, with an invalid subscription, or with a character that XML
+does not allow outside its items, is dropped whole.
+
 Trigger points (see doc/developer.rst for the whole list):
 
 ``XEP-0060_get_items`` (return point)
@@ -33,6 +42,7 @@ Trigger points (see doc/developer.rst for the whole list):
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +139,26 @@ ERROR_CLASSES: dict[str, type[PubsubConditionError]] = {
     "bad-request": PubsubBadRequest,
     "not-allowed": PubsubNotAllowed,
 }
+
+
+NS_SHIM = shim.NS_SHIM
+MAX_ITEMS_FIELD = "pubsub#max_items"
+
+#: Maximum size of an item id in UTF-8 bytes: items with a longer id are
+#: dropped when received. PostgreSQL rejects btree index entries over 2704
+#: bytes (with its default 8 kB pages) and the pubsub cache indexes (node,
+#: item id). No id in common use comes close: a UUID has 36 characters.
+MAX_ITEM_ID_BYTES = 2048
+#: Maximum nesting depth of a received item, ``<item/>`` being level 1:
+#: deeper items are dropped. Serialising an element (domish's ``toXml``)
+#: takes one Python stack frame per level, and the default recursion limit is
+#: 1000 frames. The Atom entries of tests/data (feedparser's test vectors and
+#: the XEP-0277 examples) are at most 9 levels deep, counted from the stanza.
+MAX_ITEM_DEPTH = 256
+# A character outside the Char production of XML 1.0. XML parsers reject
+# them, so they only come in elements built in memory, and stored XML
+# containing one could not be parsed again.
+_INVALID_XML_CHARACTER = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class PubSubRequest(pubsub.PubSubRequest):
@@ -296,18 +326,139 @@ def _delay_stamp(message: domish.Element) -> str | None:
     return None if delay_elt is None else delay_elt.getAttribute("stamp")
 
 
+def make_jid(value: Any) -> JID:
+    """Build a JID from a string; raise InvalidFormat for every invalid value.
+
+    Twisted's JID constructor raises other exceptions for some invalid
+    values: IndexError for an empty domain label (``"a..b"``) and
+    RuntimeError for ``""`` (Twisted 26.10).
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidFormat(f"invalid JID {value!r:.80}: expected a non-empty string")
+    try:
+        return JID(value)
+    except (IndexError, RuntimeError, UnicodeError) as e:
+        raise InvalidFormat(f"invalid JID {value!r:.80}: {e}") from e
+
+
+def item_problem(item: domish.Element) -> str | None:
+    """Tell why a received ``<item/>`` or ``<retract/>`` cannot be used, or return None.
+
+    An element is unusable when it is nested deeper than MAX_ITEM_DEPTH, when
+    an attribute or a text contains a character that XML 1.0 does not allow,
+    or when its id is longer than MAX_ITEM_ID_BYTES. The tree is walked
+    without recursion, so any depth is safe to check.
+    """
+    stack = [(item, 1)]
+    while stack:
+        element, depth = stack.pop()
+        if depth > MAX_ITEM_DEPTH:
+            return f"nested deeper than {MAX_ITEM_DEPTH} elements"
+        for value in element.attributes.values():
+            if _INVALID_XML_CHARACTER.search(value):
+                return "an attribute contains a character that XML does not allow"
+        for child in element.children:
+            if isinstance(child, str):
+                if _INVALID_XML_CHARACTER.search(child):
+                    return "its text contains a character that XML does not allow"
+            else:
+                stack.append((child, depth + 1))
+    item_id = item.getAttribute("id")
+    if item_id and len(item_id.encode("utf-8")) > MAX_ITEM_ID_BYTES:
+        return f"its id is longer than {MAX_ITEM_ID_BYTES} bytes"
+    return None
+
+
+def _envelope_has_invalid_character(message: domish.Element, action: domish.Element) -> bool:
+    """Tell whether a notification contains a character that XML does not allow.
+
+    Items and retracts are not searched: :func:`item_problem` checks each of
+    them, so that one invalid item does not drop the others.
+    """
+    stack = [message]
+    while stack:
+        element = stack.pop()
+        for value in element.attributes.values():
+            if _INVALID_XML_CHARACTER.search(value):
+                return True
+        for child in element.children:
+            if isinstance(child, str):
+                if _INVALID_XML_CHARACTER.search(child):
+                    return True
+            elif not (element is action and child.name in ("item", "retract")):
+                stack.append(child)
+    return False
+
+
+def read_form(parent: domish.Element, namespace: str) -> data_form.Form | None:
+    """Return the data form of ``namespace`` among the children of ``parent``, or None.
+
+    Raises InvalidValue when that form is invalid (a duplicate field, an
+    option without value), which wokkel reports with its own exception.
+    """
+    try:
+        return data_form.findForm(parent, namespace)
+    except data_form.Error as e:
+        raise InvalidValue(f"invalid {namespace} data form: {e}") from e
+
+
+def _extract_headers(
+    message: domish.Element, profile: str | None, service: str, node: str,
+) -> dict[str, list[str]]:
+    """Read the SHIM headers (XEP-0131) of a message: header name to list of values."""
+    headers: dict[str, list[str]] = {}
+    nameless = 0
+    for headers_elt in message.elements(NS_SHIM, "headers"):
+        for header_elt in headers_elt.elements(NS_SHIM, "header"):
+            name = header_elt.getAttribute("name")
+            if not name:
+                nameless += 1
+                continue
+            headers.setdefault(name, []).append(str(header_elt))
+    if nameless:
+        log.debug(
+            "profile %s: %d SHIM headers without name dropped from a notification of "
+            "service %s node %.80r", profile, nameless, service, node,
+        )
+    return headers
+
+
 def _parse_items_event(
     sender: JID, recipient: JID, action: domish.Element, headers: dict[str, list[str]],
+    profile: str | None,
 ) -> pubsub.ItemsEvent:
-    items = [
-        elt for elt in action.elements()
-        if elt.uri == NS_PUBSUB_EVENT and elt.name in ("item", "retract")
-    ]
-    return pubsub.ItemsEvent(sender, recipient, action["node"], items, headers)
+    node = action["node"]
+    items = []
+    unknown = []
+    for elt in action.elements():
+        if elt.uri != NS_PUBSUB_EVENT or elt.name not in ("item", "retract"):
+            unknown.append(elt.name)
+            continue
+        if elt.name == "retract" and not elt.getAttribute("id"):
+            log.debug(
+                "profile %s: retract without id dropped from a notification of service %s "
+                "node %.80r", profile, sender.full(), node,
+            )
+            continue
+        problem = item_problem(elt)
+        if problem is not None:
+            log.debug(
+                "profile %s: %s %.80r dropped from a notification of service %s node %.80r: "
+                "%s", profile, elt.name, elt.getAttribute("id"), sender.full(), node, problem,
+            )
+            continue
+        items.append(elt)
+    if unknown:
+        log.debug(
+            "profile %s: unknown elements %s ignored in a notification of service %s "
+            "node %.80r", profile, sorted(set(unknown)), sender.full(), node,
+        )
+    return pubsub.ItemsEvent(sender, recipient, node, items, headers)
 
 
 def _parse_delete_event(
     sender: JID, recipient: JID, action: domish.Element, headers: dict[str, list[str]],
+    profile: str | None,
 ) -> pubsub.DeleteEvent:
     event = pubsub.DeleteEvent(sender, recipient, action["node"], headers)
     redirect_elt = next(action.elements(NS_PUBSUB_EVENT, "redirect"), None)
@@ -318,32 +469,84 @@ def _parse_delete_event(
 
 def _parse_purge_event(
     sender: JID, recipient: JID, action: domish.Element, headers: dict[str, list[str]],
+    profile: str | None,
 ) -> pubsub.PurgeEvent:
     return pubsub.PurgeEvent(sender, recipient, action["node"], headers)
 
 
 def _parse_configuration_event(
     sender: JID, recipient: JID, action: domish.Element, headers: dict[str, list[str]],
+    profile: str | None,
 ) -> ConfigurationEvent:
-    form = data_form.findForm(action, NS_PUBSUB_NODE_CONFIG)
+    node = action["node"]
+    try:
+        form = read_form(action, NS_PUBSUB_NODE_CONFIG)
+    except InvalidValue as e:
+        # The event still reports that the configuration changed: receivers
+        # request it when they need it, as when the service sends no form.
+        log.debug(
+            "profile %s: configuration form of a notification of service %s node %.80r "
+            "dropped: %s", profile, sender.full(), node, e,
+        )
+        form = None
     configuration = None if form is None else form_values(form)
-    return ConfigurationEvent(sender, recipient, action["node"], headers, configuration)
+    if configuration is not None and not _is_max_items(configuration.get(MAX_ITEMS_FIELD)):
+        log.debug(
+            "profile %s: invalid %s %.80r dropped from a configuration notification of "
+            "service %s node %.80r", profile, MAX_ITEMS_FIELD,
+            configuration[MAX_ITEMS_FIELD], sender.full(), node,
+        )
+        del configuration[MAX_ITEMS_FIELD]
+    return ConfigurationEvent(sender, recipient, node, headers, configuration)
+
+
+def _is_max_items(value: Any) -> bool:
+    """Tell whether a pubsub#max_items value is absent, "max" or a number of 0 or more.
+
+    Numbers of more than 20 digits (2**64 has 20) are rejected.
+    """
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return (text.isascii() and text.isdigit() and len(text) <= 20) or text.lower() == "max"
 
 
 def _parse_subscription_event(
     sender: JID, recipient: JID, action: domish.Element, headers: dict[str, list[str]],
-) -> SubscriptionEvent:
-    subscriber = JID(action["jid"]) if action.hasAttribute("jid") else None
+    profile: str | None,
+) -> SubscriptionEvent | None:
+    node = action["node"]
+    state = action.getAttribute("subscription")
+    if state not in SUBSCRIPTION_STATES:
+        log.debug(
+            "profile %s: subscription notification of service %s node %.80r dropped: "
+            "invalid or missing subscription state %.80r", profile, sender.full(), node,
+            state,
+        )
+        return None
+    try:
+        subscriber = make_jid(action.getAttribute("jid"))
+    except InvalidFormat:
+        # XEP-0060 requires the jid: without it the subscription could be
+        # anyone's.
+        log.debug(
+            "profile %s: subscription notification of service %s node %.80r dropped: "
+            "invalid or missing jid %.80r", profile, sender.full(), node,
+            action.getAttribute("jid"),
+        )
+        return None
     return SubscriptionEvent(
-        sender, recipient, action["node"], headers, subscriber,
-        action.getAttribute("subscription", "none"), action.getAttribute("subid"),
+        sender, recipient, node, headers, subscriber, state, action.getAttribute("subid"),
         action.getAttribute("expiry"),
     )
 
 
 #: Parser of each ``<event/>`` child, by element name and event kind. A
-#: ``<collection/>`` child (XEP-0248) is not listed: it is dropped.
-EVENT_PARSERS: dict[str, tuple[str, Callable[..., pubsub.PubSubEvent]]] = {
+#: ``<collection/>`` child (XEP-0248) is not listed: it is dropped. A parser
+#: returns None for a notification it drops, after logging why.
+EVENT_PARSERS: dict[str, tuple[str, Callable[..., pubsub.PubSubEvent | None]]] = {
     "items": (EVENT_ITEMS, _parse_items_event),
     "delete": (EVENT_DELETE, _parse_delete_event),
     "purge": (EVENT_PURGE, _parse_purge_event),
@@ -354,15 +557,18 @@ EVENT_PARSERS: dict[str, tuple[str, Callable[..., pubsub.PubSubEvent]]] = {
 
 def parse_event_message(
     message: domish.Element, default_recipient: JID | None = None,
+    profile: str | None = None,
 ) -> tuple[str, pubsub.PubSubEvent] | None:
     """Parse a pubsub notification message into ``(kind, event)``.
 
     The event carries ``headers`` (SHIM header name to list of values) and
     ``delay`` (the ``urn:xmpp:delay`` stamp, or None). Returns None for an
     error message, a message without a known ``<event/>`` child (collection
-    notifications included) or one whose node or sender is missing.
+    notifications included) or one whose node or sender is missing or
+    invalid. Invalid parts are dropped and logged at debug level with
+    ``profile``, the sender and the node: see :func:`item_problem` for items.
     """
-    if message.getAttribute("type") == "error" or not message.hasAttribute("from"):
+    if message.getAttribute("type") == "error":
         return None
     event_elt = next(message.elements(NS_PUBSUB_EVENT, "event"), None)
     if event_elt is None:
@@ -370,25 +576,43 @@ def parse_event_message(
     action = next(event_elt.elements(NS_PUBSUB_EVENT), None)
     if action is None or action.name not in EVENT_PARSERS:
         log.debug(
-            "pubsub notification from %s dropped: no supported child in %s",
-            message.getAttribute("from"), event_elt.toXml()[:200],
-        )
-        return None
-    if not action.hasAttribute("node"):
-        log.debug(
-            "pubsub %s notification from %s dropped: no node attribute",
-            action.name, message.getAttribute("from"),
+            "profile %s: pubsub notification from %.80r dropped: no supported child in "
+            "<event/> (children: %.200s)", profile, message.getAttribute("from"),
+            [child.name for child in event_elt.elements()],
         )
         return None
     try:
-        sender = JID(message["from"])
-        recipient = JID(message["to"]) if message.hasAttribute("to") else default_recipient
+        sender = make_jid(message.getAttribute("from"))
+        recipient = (
+            make_jid(message["to"]) if message.hasAttribute("to") else default_recipient
+        )
     except InvalidFormat:
-        log.debug("pubsub notification with an invalid JID dropped: %s", message.toXml()[:200])
+        log.debug(
+            "profile %s: pubsub %s notification for node %.80r dropped: invalid or missing "
+            "sender or recipient JID (from %.80r, to %.80r)", profile, action.name,
+            action.getAttribute("node"), message.getAttribute("from"),
+            message.getAttribute("to"),
+        )
+        return None
+    node = action.getAttribute("node")
+    if not node:
+        log.debug(
+            "profile %s: pubsub %s notification of service %s dropped: missing or empty node "
+            "attribute", profile, action.name, sender.full(),
+        )
+        return None
+    if _envelope_has_invalid_character(message, action):
+        log.debug(
+            "profile %s: pubsub %s notification of service %s node %.80r dropped: it contains "
+            "a character that XML does not allow", profile, action.name, sender.full(), node,
+        )
         return None
 
     kind, parse = EVENT_PARSERS[action.name]
-    event = parse(sender, recipient, action, shim.extractHeaders(message))
+    headers = _extract_headers(message, profile, sender.full(), node)
+    event = parse(sender, recipient, action, headers, profile)
+    if event is None:
+        return None
     event.delay = _delay_stamp(message)
     return kind, event
 
@@ -415,7 +639,9 @@ class PubsubClientHandler(pubsub.PubSubClient):
         super().connectionLost(reason)
 
     def _onEvent(self, message: domish.Element) -> None:
-        parsed = parse_event_message(message, getattr(self.client, "jid", None))
+        parsed = parse_event_message(
+            message, getattr(self.client, "jid", None), getattr(self.client, "profile", None)
+        )
         if parsed is None:
             return
         kind, event = parsed
@@ -467,8 +693,8 @@ def parse_jid(value: str | JID | None, what: str = "service") -> JID | None:
     if not isinstance(value, str):
         raise InvalidValue(f"invalid {what} JID {value!r}: a JID must be a string")
     try:
-        return JID(value)
-    except (InvalidFormat, TypeError) as e:
+        return make_jid(value)
+    except InvalidFormat as e:
         raise InvalidValue(f"invalid {what} JID {value!r}: {e}") from e
 
 
@@ -722,13 +948,8 @@ class XEP_0060:
         iq = await self._send(client, request, service, node, "getting items")
 
         pubsub_elt = iq.pubsub
-        items = []
         items_elt = pubsub_elt.items if pubsub_elt is not None else None
-        if items_elt is not None:
-            items = [
-                elt for elt in items_elt.elements()
-                if elt.uri == NS_PUBSUB and elt.name == "item"
-            ]
+        items = self._received_items(client, service, node, items_elt)
         metadata: dict[str, Any] = {
             C.META_SERVICE: self._target(client, service),
             C.META_NODE: node,
@@ -743,6 +964,56 @@ class XEP_0060:
         )
         return items, metadata
 
+    def _received_items(
+        self, client: Any, service: JID | None, node: str, items_elt: domish.Element | None,
+    ) -> list[domish.Element]:
+        """Return the usable ``<item/>`` children of an items result; log the others once.
+
+        Items that :func:`item_problem` rejects and elements other than
+        ``<item/>`` are dropped.
+        """
+        if items_elt is None:
+            return []
+        items = []
+        unknown = []
+        for elt in items_elt.elements():
+            if elt.uri != NS_PUBSUB or elt.name != "item":
+                unknown.append(elt.name)
+                continue
+            problem = item_problem(elt)
+            if problem is not None:
+                log.debug(
+                    "profile %s: item %.80r dropped from the items of service %s node %.80r: %s",
+                    client.profile, elt.getAttribute("id"), self._target(client, service),
+                    node, problem,
+                )
+                continue
+            items.append(elt)
+        if unknown:
+            log.debug(
+                "profile %s: unknown elements %s ignored in the items of service %s node %.80r",
+                client.profile, sorted(set(unknown)), self._target(client, service), node,
+            )
+        return items
+
+    def _result_form(
+        self, client: Any, service: JID | None, node: str | None,
+        parent: domish.Element | None, namespace: str, action: str,
+    ) -> data_form.Form | None:
+        """Return the form of ``namespace`` in ``parent`` (None when either is missing).
+
+        Raises PubsubError when the service sent an invalid form.
+        """
+        if parent is None:
+            return None
+        try:
+            return read_form(parent, namespace)
+        except InvalidValue as e:
+            raise PubsubError(
+                f"{action} on {describe_target(self._target(client, service), node)} "
+                f"failed: {e}"
+            ) from e
+
     @staticmethod
     def _read_rsm_response(
         client: Any, pubsub_elt: domish.Element | None, node: str,
@@ -756,18 +1027,18 @@ class XEP_0060:
             metadata["rsm_ignored"] = True
             return
         metadata["rsm_ignored"] = False
-        try:
-            response = RSMResponse.from_element(set_elt)
-        except InvalidValue as e:
+        response, errors = RSMResponse.read_element(set_elt)
+        if errors:
+            # The page keys stay usable: a sync can go on paging by "last".
             log.debug(
-                "profile %s: invalid RSM response from %s for node %s dropped: %s",
-                client.profile, metadata[C.META_SERVICE], node, e,
+                "profile %s: invalid values dropped from the RSM response of service %s "
+                "node %.80r: %s", client.profile, metadata[C.META_SERVICE], node,
+                "; ".join(errors),
             )
-            metadata[C.META_COMPLETE] = False
-            return
         metadata[C.META_RSM] = response.to_dict()
         metadata[C.META_COMPLETE] = (
             metadata[C.META_COMPLETE]
+            and not errors
             and response.count is not None
             and response.count == item_count
         )
@@ -898,8 +1169,9 @@ class XEP_0060:
         request.subscriptionIdentifier = sub_id
         iq = await self._send(client, request, service, node, "getting subscription options")
         options_elt = iq.pubsub.options if iq.pubsub is not None else None
-        form = None if options_elt is None else data_form.findForm(
-            options_elt, NS_PUBSUB_SUBSCRIBE_OPTIONS
+        form = self._result_form(
+            client, service, node, options_elt, NS_PUBSUB_SUBSCRIBE_OPTIONS,
+            "getting subscription options",
         )
         if form is None:
             raise PubsubError(
@@ -938,9 +1210,10 @@ class XEP_0060:
             client, request, service, node, "getting default subscription options"
         )
         default_elt = iq.pubsub.default if iq.pubsub is not None else None
-        if default_elt is None:
-            return None
-        return data_form.findForm(default_elt, NS_PUBSUB_SUBSCRIBE_OPTIONS)
+        return self._result_form(
+            client, service, node, default_elt, NS_PUBSUB_SUBSCRIBE_OPTIONS,
+            "getting default subscription options",
+        )
 
     async def get_subscriptions(
         self, client: Any, service: JID | None, node: str | None = None,
@@ -1029,8 +1302,9 @@ class XEP_0060:
         request.nodeIdentifier = node
         iq = await self._send(client, request, service, node, "getting node configuration")
         configure_elt = iq.pubsub.configure if iq.pubsub is not None else None
-        form = None if configure_elt is None else data_form.findForm(
-            configure_elt, NS_PUBSUB_NODE_CONFIG
+        form = self._result_form(
+            client, service, node, configure_elt, NS_PUBSUB_NODE_CONFIG,
+            "getting node configuration",
         )
         if form is None:
             raise PubsubError(
@@ -1068,9 +1342,10 @@ class XEP_0060:
             client, request, service, None, "getting default node configuration"
         )
         default_elt = iq.pubsub.default if iq.pubsub is not None else None
-        if default_elt is None:
-            return None
-        return data_form.findForm(default_elt, NS_PUBSUB_NODE_CONFIG)
+        return self._result_form(
+            client, service, None, default_elt, NS_PUBSUB_NODE_CONFIG,
+            "getting default node configuration",
+        )
 
     async def get_node_subscriptions(
         self, client: Any, service: JID | None, node: str,
@@ -1241,7 +1516,9 @@ class XEP_0060:
             client, iq.send(), service, node, "getting node metadata"
         )
         query = next(result.elements(NS_DISCO_INFO, "query"), None)
-        form = None if query is None else data_form.findForm(query, NS_PUBSUB_META_DATA)
+        form = self._result_form(
+            client, service, node, query, NS_PUBSUB_META_DATA, "getting node metadata"
+        )
         return {} if form is None else form_values(form)
 
     async def has_feature(self, client: Any, service: JID | None, feature: str) -> bool:

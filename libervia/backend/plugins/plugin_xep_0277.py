@@ -88,6 +88,7 @@ from twisted.words.xish import domish
 from wokkel.generic import parseXml
 
 from libervia.backend.core.exceptions import InvalidValue, PubsubError, PubsubItemNotFound
+from libervia.backend.plugins.plugin_xep_0060 import make_jid
 
 log = logging.getLogger(__name__)
 
@@ -629,7 +630,7 @@ def _read_person(person_elt: domish.Element, namespace: str) -> dict[str, str] |
         parsed = parse_xmpp_uri(uri)
         if parsed is not None:
             try:
-                person["jid"] = jid.JID(parsed[0]).full()
+                person["jid"] = make_jid(parsed[0]).full()
             except jid.InvalidFormat:
                 log.debug("ignoring the JID of person URI %r: invalid JID", uri)
     if email:
@@ -671,7 +672,7 @@ def _verify_author(data: dict[str, Any], publisher: str | None) -> None:
     publisher_jid = None
     if publisher:
         try:
-            publisher_jid = jid.JID(publisher)
+            publisher_jid = make_jid(publisher)
         except jid.InvalidFormat:
             log.debug("ignoring invalid publisher %r of item %s", publisher, data["id"])
 
@@ -1236,7 +1237,7 @@ def data_to_item(data: dict[str, Any]) -> domish.Element:
 
 def _parse_jid(value: str, role: str) -> jid.JID:
     try:
-        return jid.JID(value)
+        return make_jid(value)
     except jid.InvalidFormat as error:
         raise InvalidValue(f"invalid {role} JID {value!r}: {error}") from error
 

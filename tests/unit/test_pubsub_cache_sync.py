@@ -28,7 +28,11 @@ from libervia.backend.core.exceptions import InvalidValue
 from libervia.backend.core.trigger import TriggerManager
 from libervia.backend.memory.sqla import Storage
 from libervia.backend.memory.sqla_mapping import SyncState
-from libervia.backend.plugins.plugin_pubsub_cache import PubsubCache
+from libervia.backend.plugins.plugin_pubsub_cache import (
+    EXTRA_STREAM_LOSSES,
+    MAX_SYNC_STREAM_LOSSES,
+    PubsubCache,
+)
 from libervia.backend.plugins.plugin_xep_0059 import RSMRequest, RSMResponse, find_set
 from libervia.backend.plugins.plugin_xep_0060 import NS_PUBSUB, XEP_0060
 from libervia.testing.fake_stream import FakeClient
@@ -445,3 +449,51 @@ class ParallelSyncTests:
     def test_invalid_option(self, tmp_path: Path) -> None:
         with pytest.raises(InvalidValue, match="max_parallel_syncs"):
             make_cache(tmp_path, None, "[pubsub_cache]\nmax_parallel_syncs = 0\n")
+
+
+class StreamLossTests:
+    """Syncs during which the stream is lost (a result too large for Twisted, for example)."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_not_synced_at_each_connection(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage)
+
+        def losing_stream(request: RSMRequest | None) -> Answer:
+            client.connected = False
+            return "internal-server-error"
+
+        for _ in range(MAX_SYNC_STREAM_LOSSES):
+            client.connected = True
+            await run_sync(cache, client, losing_stream)
+        node_row = await storage.get_pubsub_node(client.profile_id, SERVICE.full(), NODE)
+        client.connected = True
+        sent_before = len(client.xmlstream.sent)
+        await cache.profile_connected(client)
+        await cache.wait_syncs()
+
+        assert node_row.sync_state == SyncState.ERROR
+        assert node_row.extra[EXTRA_STREAM_LOSSES] == MAX_SYNC_STREAM_LOSSES
+        # No timed retry and no sync at the connection: only li pubsub cache sync.
+        assert cache._retry_calls == {}
+        assert len(client.xmlstream.sent) == sent_before
+
+    @pytest_twisted.ensureDeferred
+    async def test_success_resets_count(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        cache = make_cache(tmp_path, storage)
+
+        def losing_stream(request: RSMRequest | None) -> Answer:
+            client.connected = False
+            return "internal-server-error"
+
+        client.connected = True
+        await run_sync(cache, client, losing_stream)
+        client.connected = True
+        await run_sync(cache, client, paging_service(IDS))
+        node_row = await storage.get_pubsub_node(client.profile_id, SERVICE.full(), NODE)
+
+        assert node_row.sync_state == SyncState.COMPLETED
+        assert EXTRA_STREAM_LOSSES not in node_row.extra

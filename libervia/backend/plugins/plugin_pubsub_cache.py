@@ -109,6 +109,15 @@ EXTRA_NEWEST_FIRST = "max_items_newest_first"
 EXTRA_IDS_IN_REQUEST_ORDER = "item_ids_in_request_order"
 MAX_ITEMS_UNLIMITED = "max"
 
+# Number of the node's syncs in a row during which the profile's stream was
+# lost, stored in the node's extra. Twisted 26.10 closes a stream on a stanza
+# over 10 MiB or 100,000 elements, so a node whose full items result is that
+# large (about 8,000 items on Prosody 0.12, which ignores RSM) loses the
+# stream at every sync. From MAX_SYNC_STREAM_LOSSES on, the node is not
+# synced again at each connection, which would loop forever.
+EXTRA_STREAM_LOSSES = "sync_stream_losses"
+MAX_SYNC_STREAM_LOSSES = 2
+
 DEFAULT_SYNC_PAGE_SIZE = 100
 DEFAULT_MAX_PARALLEL_SYNCS = 4
 DEFAULT_MAX_ITEMS_PER_NODE = 10000
@@ -661,7 +670,7 @@ class PubsubCache:
                 )
                 await storage.update_pubsub_node_extra(
                     node_id, publisher_in_items=publisher_in_items,
-                    **{EXTRA_MAX_ITEMS: max_items}, **read_orders,
+                    **{EXTRA_MAX_ITEMS: max_items, EXTRA_STREAM_LOSSES: None}, **read_orders,
                 )
                 await self._set_state(client, service.full(), node, node_id, SyncState.COMPLETED)
             finally:
@@ -681,7 +690,9 @@ class PubsubCache:
                 )
             await self._set_state(client, service.full(), node, node_id, SyncState.ERROR)
             self._send_sync_signal(client, service, node, SyncState.ERROR.value, error=str(e))
-            if not isinstance(e, NodeTooLarge):
+            if not getattr(client, "connected", True):
+                await self._count_stream_loss(client, service, node, node_id)
+            elif not isinstance(e, NodeTooLarge):
                 self._schedule_retry(client, service, node, node_id, analyser)
             return
         finally:
@@ -694,6 +705,27 @@ class PubsubCache:
         self._send_sync_signal(
             client, service, node, SyncState.COMPLETED.value, items=len(items)
         )
+
+    async def _count_stream_loss(
+        self, client: Any, service: JID, node: str, node_id: int,
+    ) -> None:
+        """Record that the profile's stream was lost during a node's sync (see EXTRA_STREAM_LOSSES)."""
+        node_row = await self.host.storage.get_pubsub_node(
+            client.profile_id, service.full(), node
+        )
+        if node_row is None or node_row.id != node_id:
+            return
+        losses = int((node_row.extra or {}).get(EXTRA_STREAM_LOSSES) or 0) + 1
+        await self.host.storage.update_pubsub_node_extra(
+            node_id, **{EXTRA_STREAM_LOSSES: losses}
+        )
+        if losses >= MAX_SYNC_STREAM_LOSSES:
+            log.warning(
+                "profile %s: the stream was lost during the last %d syncs of node %s of %s, "
+                "maybe because its items result is too large for one stanza; it is no longer "
+                "synced at each connection: run li pubsub cache sync to try again",
+                client.profile, losses, node, service.full(),
+            )
 
     def _send_sync_signal(
         self, client: Any, service: JID, node: str, state: str, **values: Any,
@@ -1034,6 +1066,9 @@ class PubsubCache:
                     continue
                 analyser = self.analysers.get(node_row.analyser or "")
                 if analyser is None or not analyser["to_sync"]:
+                    continue
+                losses = (node_row.extra or {}).get(EXTRA_STREAM_LOSSES) or 0
+                if node_row.sync_state == SyncState.ERROR and losses >= MAX_SYNC_STREAM_LOSSES:
                     continue
                 if node_row.sync_state == SyncState.COMPLETED:
                     # Stop serving it now, not when the sync task gets the lock.

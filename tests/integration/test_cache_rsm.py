@@ -117,12 +117,12 @@ class SyncTests:
     ) -> None:
         _, _, iq_sent = big_node
 
-        # One subscription, then 3 pages of 100 on ejabberd, or one request
-        # answered with every item by Prosody, then the configuration
-        # request that bob (not an owner) is refused, the metadata request
-        # that reads max_items, and the max_items and item ids requests
-        # telling in which orders the service returns those results (first
-        # sync on a service).
+        # One subscription, then 3 pages of 100 on ejabberd or one request
+        # returning every item on Prosody. Then the configuration request,
+        # rejected because bob is not an owner, and the metadata request, both
+        # reading max_items. Last, as this is the first sync on the service,
+        # the max_items and item ids requests that show the orders of those
+        # results.
         assert iq_sent == (8 if session.is_ejabberd else 6)
 
     @pytest_twisted.ensureDeferred

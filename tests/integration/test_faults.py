@@ -851,10 +851,10 @@ class MigrationKillTests:
     """The daemon killed while it upgrades a database left at an older revision.
 
     The database (42 MB) contains 10,000 items of a profile that never
-    connects. On a 2-core machine its backup copy took 0.1 to 0.2 s and the
+    connects. On a 2-core machine its backup copy took 0.1 to 0.2 s. The
     upgrade (text extraction and full-text index of every item, in one
-    transaction) about 1 s: long enough to stop the daemon inside them
-    by watching the files and the log.
+    transaction) took about 1 s. Both are long enough to stop the daemon
+    inside them by watching the files and the log.
     """
 
     @pytest.fixture

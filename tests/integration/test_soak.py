@@ -17,10 +17,10 @@ Why the tolerance: CPython's allocator keeps freed memory in its arenas,
 SQLAlchemy fills its compiled statement cache (bounded) during the first
 requests, and the asyncio and Twisted schedulers grow their queues to the
 peak load. The warm-up (a quarter of the run) absorbs that first growth.
-Measured with the defaults on a 2-core virtual machine (about 850 changes,
-so about 2,500 notifications applied): RSS grew by 0.3 MiB after the
-warm-up, and by 6.6 MiB when a hook kept every notification event, the
-smallest leak this test is for. 3 MiB separates the two. NOTE: a slower
+Measured with the defaults on a 2-core virtual machine, about 850 changes
+gave about 2,500 notifications applied. RSS grew by 0.3 MiB after the
+warm-up. It grew by 6.6 MiB when a hook kept every notification event,
+which is the smallest leak this test is for. 3 MiB separates the two. NOTE: a slower
 machine applies fewer notifications in the same time, so a leak grows less
 there: raise LIBERVIA_SOAK_SECONDS rather than the tolerance.
 

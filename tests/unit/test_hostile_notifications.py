@@ -355,8 +355,8 @@ class Harness:
     ) -> int:
         """Store ``node`` with ``items`` in ``state``, and give the service the same items.
 
-        ``item_order`` is the order of the service's items that the cache
-        knows for the node (None: unknown).
+        ``item_order`` is the order of the service's items stored for the
+        node, or None when the cache has not learned it.
         """
         extra = {"item_order": item_order} if item_order else None
         node_row = await self.storage.set_pubsub_node(
@@ -976,7 +976,7 @@ class PayloadFetchTests:
 
 
 class ItemsResultTests:
-    """Hostile items in the service's answers: the sync stores the valid ones only."""
+    """Hostile items in the service's items results: the sync stores the valid ones only."""
 
     HOSTILE: tuple[tuple[Part, str], ...] = (
         (Item("bad\x01", "x"), "an attribute contains a character"),

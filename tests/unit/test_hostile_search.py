@@ -8,7 +8,7 @@ an oracle written in Python returns for the same text. The oracle keeps the
 items of the searched profile whose words contain, for each word of the
 text, its tokens in a row. User text is searched as words, so operators of SQL, FTS5 or
 tsquery syntax never widen, narrow or break the query. After each test the
-database still holds every item, and the SQLite full-text index passes its
+database still contains every item, and the SQLite full-text index passes its
 integrity check.
 
 The property-based test uses hypothesis with ``derandomize=True``;

@@ -429,7 +429,7 @@ class ParallelSyncTests:
         self, tmp_path: Path, storage: Storage, client: FakeClient
     ) -> None:
         cache = make_cache(tmp_path, storage, "[pubsub_cache]\nmax_parallel_syncs = 1\n")
-        # Another sync holds the only slot.
+        # Another sync has taken the only slot.
         await cache._sync_slots.acquire()
         node_row = await storage.set_pubsub_node(
             client.profile_id, SERVICE.full(), NODE, analyser="blog", type_="blog"
@@ -439,7 +439,7 @@ class ParallelSyncTests:
         await deferLater(reactor, 0.2, lambda: None)
         sent_while_waiting = len(client.xmlstream.sent)
         cache._sync_slots.release()
-        # run_sync gets the running sync and answers its requests.
+        # run_sync gets the running sync and responds to its requests.
         requests = await run_sync(cache, client, paging_service(IDS))
 
         assert sent_while_waiting == 0
@@ -451,6 +451,16 @@ class ParallelSyncTests:
             make_cache(tmp_path, None, "[pubsub_cache]\nmax_parallel_syncs = 0\n")
 
 
+def stream_lost(client: FakeClient) -> Callable[[RSMRequest | None], Answer]:
+    """Return a service script that loses the stream and returns an error."""
+
+    def answer(request: RSMRequest | None) -> Answer:
+        client.connected = False
+        return "internal-server-error"
+
+    return answer
+
+
 class StreamLossTests:
     """Syncs during which the stream is lost (a result too large for Twisted, for example)."""
 
@@ -460,13 +470,9 @@ class StreamLossTests:
     ) -> None:
         cache = make_cache(tmp_path, storage)
 
-        def losing_stream(request: RSMRequest | None) -> Answer:
-            client.connected = False
-            return "internal-server-error"
-
         for _ in range(MAX_SYNC_STREAM_LOSSES):
             client.connected = True
-            await run_sync(cache, client, losing_stream)
+            await run_sync(cache, client, stream_lost(client))
         node_row = await storage.get_pubsub_node(client.profile_id, SERVICE.full(), NODE)
         client.connected = True
         sent_before = len(client.xmlstream.sent)
@@ -485,12 +491,8 @@ class StreamLossTests:
     ) -> None:
         cache = make_cache(tmp_path, storage)
 
-        def losing_stream(request: RSMRequest | None) -> Answer:
-            client.connected = False
-            return "internal-server-error"
-
         client.connected = True
-        await run_sync(cache, client, losing_stream)
+        await run_sync(cache, client, stream_lost(client))
         client.connected = True
         await run_sync(cache, client, paging_service(IDS))
         node_row = await storage.get_pubsub_node(client.profile_id, SERVICE.full(), NODE)

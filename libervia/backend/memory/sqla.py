@@ -828,12 +828,12 @@ class Storage:
 
     @aio
     async def try_lock_node_sync(self, node_id: int) -> bool:
-        """Take the lock that one process at a time holds while syncing a node.
+        """Take the lock that a process keeps while it syncs a node; return False if taken.
 
-        On PostgreSQL this is a session-level advisory lock held by a
+        On PostgreSQL this is a session-level advisory lock, kept by a
         dedicated connection until :meth:`unlock_node_sync`, so daemons
-        sharing the database exclude each other; it returns False when another
-        session holds it. A SQLite file is used by one daemon, so it always
+        sharing the database exclude each other. It returns False when
+        another session has the lock. A SQLite file is used by one daemon, so it always
         returns True there.
         """
         if self.engine.dialect.name != "postgresql":
@@ -995,7 +995,7 @@ class Storage:
     async def evict_pubsub_items(self, node_id: int, keep: int) -> list[str]:
         """Delete the least recently updated items beyond the ``keep`` newest; return their ids.
 
-        This is what pubsub services do when a node holds more than its
+        This is what pubsub services do when a node contains more than its
         ``max_items``: ejabberd 23.01 and Prosody 0.12 both drop the items
         published or edited longest ago.
         """

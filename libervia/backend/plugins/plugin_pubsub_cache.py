@@ -7,18 +7,18 @@ analysing costs no extra request), and the result is stored with the node. A
 node whose analyser sets ``to_sync`` is synchronised in the background:
 subscribe, fetch every item (by RSM pages when the service pages), store the
 items with their parsed data, then mark the node COMPLETED. From then on the
-``XEP-0060_get_items`` trigger answers requests for that node from storage,
+``XEP-0060_get_items`` trigger serves requests for that node from storage,
 notifications keep it exact, and each new connection of the profile
 reconciles it with the service.
 
 What the cache promises: a node is served from storage only in the COMPLETED
-state, and then answers as the service would for the same node state, in the
-service's item order; requests arriving while a node is IN_PROGRESS, in ERROR
+state, and then returns what the service would return for the same node
+state, in the service's item order; requests arriving while a node is IN_PROGRESS, in ERROR
 or not synced go to the network unchanged; ``extra={"use_cache": False}`` or
 the config ``[pubsub_cache] strategy = no_cache`` always go to the network. A
 COMPLETED node serves all items, the newest ``max_items``, item ids and RSM
 pages (XEP-0059) in the service's order or by creation or modification time;
-in its RSM answers ``first`` and ``last`` are item ids. Other request shapes
+in its RSM results ``first`` and ``last`` are item ids. Other request shapes
 go to the network. doc/developer.rst details the states and notifications.
 """
 
@@ -95,10 +95,11 @@ ORDER_MODIFICATION = "modification"
 # ``extra["order_by"]`` values -> PubsubItem column that orders the items.
 ORDER_COLUMNS = {ORDER_CREATION: "created", ORDER_MODIFICATION: "updated"}
 
-# Keys of a cached node's ``extra`` mapping, besides ``publisher_in_items``:
-# the node's pubsub#max_items (an integer, or "max" for no limit; absent when
-# the profile cannot read it) and the order in which the service returns its
-# items (ORDER_CREATION or ORDER_MODIFICATION; absent until an edit shows it).
+# Keys of a cached node's ``extra`` mapping, besides ``publisher_in_items``.
+# EXTRA_MAX_ITEMS is the node's pubsub#max_items: an integer, or "max" for no
+# limit, absent when the profile cannot read it. EXTRA_ITEM_ORDER is the order
+# of the service's items, ORDER_CREATION or ORDER_MODIFICATION, absent until
+# an edit shows it.
 EXTRA_MAX_ITEMS = "max_items"
 EXTRA_ITEM_ORDER = "item_order"
 # True when the service returns the items of a max_items request newest first
@@ -129,7 +130,7 @@ MAX_SYNC_RETRY_DELAY = 3600
 
 @dataclass(frozen=True)
 class ServedNode:
-    """What the serving path needs of a COMPLETED node, kept in memory."""
+    """In-memory record of a COMPLETED node, with the orders the serving path needs."""
 
     node_id: int
     #: ORDER_CREATION or ORDER_MODIFICATION: the order of the service's items.
@@ -805,8 +806,8 @@ class PubsubCache:
 
         Unchanged items are not written again. When the stored order differs
         from the service's, the items from the first difference on are
-        written again in the service's order. Also learns the service's item
-        order when the answer shows it. Returns the numbers of items written
+        written again in the service's order. Also stores the service's item
+        order when the result shows it. Returns the numbers of items written
         and deleted.
         """
         storage = self.host.storage
@@ -1219,10 +1220,10 @@ class PubsubCache:
                 published = [row for row in published if stored.get(row[0]) != row[1]]
                 edited = [row[0] for row in published if row[0] in stored]
                 added = len(published) - len(edited)
-                if edited and self._item_order(node_row) == ORDER_CREATION and not (
-                    extra.get(EXTRA_ITEM_ORDER)
-                    or node_row.service in self._service_orders
-                ):
+                order_known = bool(
+                    extra.get(EXTRA_ITEM_ORDER) or node_row.service in self._service_orders
+                )
+                if edited and not order_known:
                     # Services order edited items either where they were
                     # created (ejabberd 23.01) or last (Prosody 0.12). Until
                     # a full result shows which, the node is not served.
@@ -1327,8 +1328,10 @@ class PubsubCache:
     async def _edit_moves_order(self, node_row: Any, edited: list[str]) -> bool:
         """Tell whether editing these items could order creation and modification differently."""
         newest = await self.host.storage.get_pubsub_items(node_row.id, max_items=1)
+        if not newest:
+            return True
         # Editing the newest item keeps it last in both orders.
-        return not (edited == [newest[0].name] if newest else False)
+        return edited != [newest[0].name]
 
     async def _on_purge_event(self, client: Any, event: Any) -> None:
         node_row = await self._cached_node(client, event)

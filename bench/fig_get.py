@@ -5,9 +5,10 @@ server, then synced by the in-process reader and by the daemon's reader.
 
 In-process series (``Harness``, no bridge): the reader's ``get_items`` for
 the newest ``plan.get_max_items`` items, served by the cache or sent to the
-server (``use_cache: False``). The floor reads the same rows from the same
-SQLite file with the standard ``sqlite3`` module, alone and followed by the
-XML parsing that the cache does to return elements.
+server (``use_cache: False``), and ``get_items_xml``, which returns the
+stored XML strings as the bridge sends them. The floor reads the same rows
+from the same SQLite file with the standard ``sqlite3`` module, alone and
+followed by the XML parsing that ``get_items`` does to return elements.
 
 Bridge series (the daemon, over its Unix socket): the same gets through
 ``ps_items_get``, and ``ping`` for the bridge's own round trip.
@@ -99,13 +100,14 @@ async def _time_in_process(harness: Harness, servers: dict[str, Server],
     def floor_and_parse() -> list[Any]:
         return items_from_xml(floor())
 
-    def getter(server: Server, use_cache: bool) -> Any:
+    def getter(server: Server, use_cache: bool, as_xml: bool = False) -> Any:
         client = harness.client("reader", server)
         service = JID(server.pubsub_service)
         node = nodes[server.name]["node"]
+        method = harness.pubsub.get_items_xml if as_xml else harness.pubsub.get_items
 
         def get() -> Any:
-            return harness.pubsub.get_items(
+            return method(
                 client, service, node, max_items=max_items, extra={"use_cache": use_cache}
             )
         return get
@@ -113,6 +115,9 @@ async def _time_in_process(harness: Harness, servers: dict[str, Server],
     series: list[tuple[str, Any, int, bool]] = [
         ("cache, Prosody node", getter(prosody, True), plan.get_rounds, True),
         ("cache, ejabberd node", getter(servers["ejabberd"], True), plan.get_rounds, True),
+        ("cache as XML, Prosody node", getter(prosody, True, True), plan.get_rounds, True),
+        ("cache as XML, ejabberd node", getter(servers["ejabberd"], True, True), plan.get_rounds,
+         True),
         ("sqlite3 floor (rows)", floor, plan.get_rounds, False),
         ("sqlite3 floor + XML parsing", floor_and_parse, plan.get_rounds, False),
         ("live, Prosody Nagle off", getter(prosody, False), plan.get_rounds, True),

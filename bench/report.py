@@ -84,7 +84,25 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "measured": f"{ratio:.1f} times faster",
             "met": ratio >= 5,
         })
-    if cached and floor:
+    cached_xml = _series(results, "in_process", "cache as XML, Prosody node")
+    floor_parsed = _series(results, "in_process", "sqlite3 floor + XML parsing")
+    if cached_xml and floor:
+        # The floor reads XML strings: the comparable cached get is the one
+        # returning them (get_items_xml). get_items parses them into
+        # elements, compared with the floor followed by the same parsing.
+        ratio = cached_xml["median"] / floor["median"]
+        measured = f"{ratio:.1f} times the floor (XML strings, get_items_xml)"
+        if cached and floor_parsed:
+            measured += (
+                f"; elements (get_items): {cached['median'] / floor_parsed['median']:.1f} "
+                f"times the floor + XML parsing"
+            )
+        targets.append({
+            "target": "cached get in-process within 3 times the sqlite3 floor",
+            "measured": measured,
+            "met": ratio <= 3,
+        })
+    elif cached and floor:
         ratio = cached["median"] / floor["median"]
         targets.append({
             "target": "cached get in-process within 3 times the sqlite3 floor",

@@ -59,7 +59,7 @@ from twisted.words.xish import domish
 
 from libervia.backend.core import constants as C
 from libervia.backend.plugins.plugin_xep_0059 import RSMRequest
-from libervia.backend.plugins.plugin_xep_0060 import NS_PUBSUB
+from libervia.backend.plugins.plugin_xep_0060 import NS_PUBSUB, items_from_xml
 from libervia.testing.pubsub_model import (
     ORDER_CREATION,
     ORDER_MODIFICATION,
@@ -341,6 +341,22 @@ class DifferentialRun:
             self.session.client("bob"), self.session.service, self.node, extra=extra, **kwargs
         )
 
+    async def read_xml(self, **kwargs: Any) -> tuple[list[domish.Element], dict[str, Any]]:
+        """Get the node's items from the cache as the bridge does (stored XML), parsed back."""
+        xmls, metadata = await self.session.pubsub.get_items_xml(
+            self.session.client("bob"), self.session.service, self.node, **kwargs
+        )
+        return items_from_xml(xmls), metadata
+
+    async def compare_xml_read(
+        self, comparison: Comparison, shape: str, items: list[domish.Element], **kwargs: Any,
+    ) -> None:
+        """Check that the bridge's read (stored XML, not parsed) gives the items of ``items``."""
+        xml_items, metadata = await self.read_xml(**kwargs)
+        if comparison.served(f"{shape} as XML", metadata):
+            for difference in item_differences(items, xml_items):
+                comparison.mismatches.append(f"{shape} as XML: {difference}")
+
     async def wait_caught_up(self) -> None:
         """Wait until the cache's all-items read equals the live one, or CATCH_UP_TIMEOUT.
 
@@ -425,6 +441,7 @@ class DifferentialRun:
             comparison.cache(
                 f"{shape} complete", live_metadata[C.META_COMPLETE], metadata[C.META_COMPLETE]
             )
+            await self.compare_xml_read(comparison, shape, live_items)
 
     async def _compare_max_items(self, comparison: Comparison) -> None:
         for max_items in MAX_ITEMS_READS:
@@ -444,6 +461,7 @@ class DifferentialRun:
                     f"{shape} complete", live_metadata[C.META_COMPLETE],
                     metadata[C.META_COMPLETE],
                 )
+                await self.compare_xml_read(comparison, shape, live_items, max_items=max_items)
 
     async def _compare_item_ids(self, comparison: Comparison) -> None:
         existing = self.model.creation_order
@@ -461,6 +479,7 @@ class DifferentialRun:
         comparison.model(f"live {shape}", expected, item_ids(live_items))
         if comparison.served(shape, metadata):
             comparison.cache(shape, item_ids(live_items), item_ids(items))
+            await self.compare_xml_read(comparison, shape, live_items, item_ids=requested)
 
     async def _compare_rsm_page(
         self, comparison: Comparison, live_ids: list[str], request: dict[str, Any],

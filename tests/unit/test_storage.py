@@ -27,7 +27,7 @@ from libervia.backend.core.exceptions import (
     ProfileNotFound,
     StorageError,
 )
-from libervia.backend.memory.sqla import NODE_LOCK_SPACE, Storage
+from libervia.backend.memory.sqla import INLINE_READ_MAX_ITEMS, NODE_LOCK_SPACE, Storage
 from libervia.backend.memory.sqla_mapping import Profile, PubsubNode, SyncState
 from libervia.backend.tools.aio import as_deferred
 
@@ -652,6 +652,66 @@ class ConcurrencyTests:
         assert is_increasing([item.created for item in items])
         assert changes == 39
         assert ranks == list(range(50)) * 40
+
+
+class InlineReadTests:
+    """read_items_xml_now: the cached get's synchronous read, SQLite files only."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_same_rows_as_async_read(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id, [(item_id, item_xml(item_id), None, None) for item_id in "abcdef"]
+        )
+        await storage.cache_pubsub_items(node.id, [("b", item_xml("b", "edited"), None, None)])
+        shapes = [
+            {"max_items": 3},
+            {"max_items": 3, "order_by": "updated"},
+            {"item_ids": ["e", "unknown", "a", "b"]},
+            {"item_ids": ["e", "a", "b"], "max_items": 2, "order_by": "updated"},
+            {"max_items": 0},
+            {"item_ids": []},
+        ]
+        for shape in shapes:
+            expected = await storage.get_pubsub_items_xml(node.id, **shape)
+            rows = storage.read_items_xml_now(node.id, **shape)
+            if storage.sqlite_path is None and expected:
+                # PostgreSQL has no inline reader: the caller reads asynchronously.
+                assert rows is None, shape
+            else:
+                assert rows == expected, shape
+        assert [name for name, _ in await storage.get_pubsub_items_xml(node.id, max_items=3)] \
+            == ["d", "e", "f"]
+        assert dict(await storage.get_pubsub_items_xml(node.id, item_ids=["b"])) == {
+            "b": item_xml("b", "edited")
+        }
+
+    @pytest_twisted.ensureDeferred
+    async def test_large_reads_left_to_the_async_path(
+        self, storage: Storage, node: PubsubNode,
+    ) -> None:
+        await storage.cache_pubsub_items(node.id, [("a", item_xml("a"), None, None)])
+
+        assert storage.read_items_xml_now(node.id) is None
+        assert storage.read_items_xml_now(node.id, max_items=INLINE_READ_MAX_ITEMS + 1) is None
+        many_ids = [f"id-{index}" for index in range(INLINE_READ_MAX_ITEMS + 1)]
+        assert storage.read_items_xml_now(node.id, item_ids=many_ids) is None
+        with pytest.raises(InvalidValue, match="cannot order pubsub items by 'name'"):
+            storage.read_items_xml_now(node.id, max_items=1, order_by="name")
+
+    @pytest_twisted.ensureDeferred
+    async def test_sees_committed_writes_at_once(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(node.id, [("a", item_xml("a"), None, None)])
+        if storage.sqlite_path is None:
+            # PostgreSQL has no inline reader: the caller reads asynchronously.
+            assert storage.read_items_xml_now(node.id, max_items=5) is None
+            return
+        assert storage.read_items_xml_now(node.id, max_items=5) == [("a", item_xml("a"))]
+        await storage.cache_pubsub_items(node.id, [("b", item_xml("b"), None, None)])
+        assert storage.read_items_xml_now(node.id, max_items=5) == [
+            ("a", item_xml("a")), ("b", item_xml("b")),
+        ]
+        await storage.delete_pubsub_items(node.id, ["a", "b"])
+        assert storage.read_items_xml_now(node.id, max_items=5) == []
 
 
 class NodeLockTests:

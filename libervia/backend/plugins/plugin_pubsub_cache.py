@@ -55,6 +55,7 @@ from libervia.backend.plugins.plugin_xep_0060 import (
     EVENT_SUBSCRIPTION,
     NS_PUBSUB,
     TRIGGER_GET_ITEMS,
+    TRIGGER_GET_ITEMS_XML,
     TRIGGER_ITEMS_RECEIVED,
     TRIGGER_NODE_CONFIGURED,
     TRIGGER_UNSUBSCRIBED,
@@ -246,6 +247,7 @@ class PubsubCache:
         self._failures: dict[tuple[str, str, str], int] = {}
 
         host.trigger.add(TRIGGER_GET_ITEMS, self._get_items_trigger, TRIGGER_PRIORITY)
+        host.trigger.add(TRIGGER_GET_ITEMS_XML, self._get_items_xml_trigger, TRIGGER_PRIORITY)
         host.trigger.add(TRIGGER_ITEMS_RECEIVED, self._items_received_trigger, TRIGGER_PRIORITY)
         event_handlers = {
             EVENT_ITEMS: self._on_items_event,
@@ -390,6 +392,45 @@ class PubsubCache:
         extra: dict[str, Any],
         rsm_request: RSMRequest | None = None,
     ) -> tuple[bool, Any] | None:
+        served = await self._serve(
+            client, service, node, max_items, item_ids, sub_id, extra, rsm_request
+        )
+        if served is None:
+            self.misses += 1
+            return None
+        xmls, metadata = served
+        return False, (items_from_xml(xmls), metadata)
+
+    async def _get_items_xml_trigger(
+        self,
+        client: Any,
+        service: JID | None,
+        node: str,
+        max_items: int | None,
+        item_ids: list[str] | None,
+        sub_id: str | None,
+        extra: dict[str, Any],
+        rsm_request: RSMRequest | None = None,
+    ) -> tuple[bool, Any] | None:
+        # A request this trigger declines goes on to the XEP-0060_get_items
+        # trigger, which counts the miss.
+        served = await self._serve(
+            client, service, node, max_items, item_ids, sub_id, extra, rsm_request
+        )
+        return None if served is None else (False, served)
+
+    async def _serve(
+        self,
+        client: Any,
+        service: JID | None,
+        node: str,
+        max_items: int | None,
+        item_ids: list[str] | None,
+        sub_id: str | None,
+        extra: dict[str, Any],
+        rsm_request: RSMRequest | None,
+    ) -> tuple[list[str], dict[str, Any]] | None:
+        """Return the stored XML and the metadata of a get request, or None when not served."""
         if self.strategy == STRATEGY_NO_CACHE or not extra.get("use_cache", True):
             return None
         if sub_id is not None:
@@ -406,31 +447,40 @@ class PubsubCache:
             # Services disagree on how max_items or item ids combine with a page.
             return None
         service = service or client.jid.userhostJID()
-        completed = await self._completed_node(client, service.full(), node)
+        service_str = service.full()
+        completed = await self._completed_node(client, service_str, node)
         if completed is None:
-            self.misses += 1
             return None
         node_id = completed.node_id
         # Without an explicit order, items come in the order the service uses.
         order_by = order_by or completed.item_order
 
         metadata: dict[str, Any] = {
-            C.META_SERVICE: service.full(),
+            C.META_SERVICE: service_str,
             C.META_NODE: node,
             C.META_FROM_CACHE: True,
         }
         if "order_by" in extra:
             metadata["order_by"] = order_by
+        storage = self.host.storage
         if rsm_request is None:
-            xmls = await self.host.storage.get_pubsub_items_xml(
-                node_id, max_items=max_items, item_ids=item_ids,
-                order_by=ORDER_COLUMNS[order_by],
+            column = ORDER_COLUMNS[order_by]
+            rows = storage.read_items_xml_now(
+                node_id, max_items=max_items, item_ids=item_ids, order_by=column
             )
+            if rows is None:
+                rows = await storage.get_pubsub_items_xml(
+                    node_id, max_items=max_items, item_ids=item_ids, order_by=column,
+                )
             metadata[C.META_COMPLETE] = max_items is None and not item_ids
             if max_items is not None and "order_by" not in extra and completed.newest_first:
-                xmls.reverse()
+                rows.reverse()
+            if item_ids and "order_by" not in extra and completed.ids_in_request_order:
+                position = {item_id: index for index, item_id in reversed(list(enumerate(item_ids)))}
+                rows.sort(key=lambda row: position.get(row[0], len(position)))
+            xmls = [row[1] for row in rows]
         else:
-            page = await self.host.storage.get_pubsub_items_page(
+            page = await storage.get_pubsub_items_page(
                 node_id,
                 max_items=rsm_request.max,
                 after=rsm_request.after,
@@ -442,22 +492,17 @@ class PubsubCache:
                 # The after/before key is no item id of this node: it may be
                 # a key of the service (ejabberd pages by timestamps), which
                 # only the service can interpret.
-                self.misses += 1
                 return None
             xmls = page.xmls
             metadata[C.META_RSM] = _rsm_metadata(page)
             metadata["rsm_ignored"] = False
             metadata[C.META_COMPLETE] = len(page.xmls) == page.count
-        items = items_from_xml(xmls)
-        if item_ids and "order_by" not in extra and completed.ids_in_request_order:
-            position = {item_id: index for index, item_id in reversed(list(enumerate(item_ids)))}
-            items.sort(key=lambda item: position.get(item.getAttribute("id"), len(position)))
         self.hits += 1
         log.debug(
             "profile %s: %d items of %s node %s served from the cache",
-            client.profile, len(items), service.full(), node,
+            client.profile, len(xmls), service_str, node,
         )
-        return False, (items, metadata)
+        return xmls, metadata
 
     async def _completed_node(
         self, client: Any, service: str, node: str,

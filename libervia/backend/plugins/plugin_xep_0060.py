@@ -29,6 +29,11 @@ Trigger points (see doc/developer.rst for the whole list):
     ``(client, service, node, max_items, item_ids, sub_id, extra,
     rsm_request)``; a trigger returning ``(False, (items, metadata))``
     answers the request.
+``XEP-0060_get_items_xml`` (return point)
+    the same arguments, run first by :meth:`XEP_0060.get_items_xml`; a
+    trigger returning ``(False, (xmls, metadata))`` answers with serialised
+    items, which spares parsing them. When no trigger answers, the request
+    goes on to ``XEP-0060_get_items``.
 ``XEP-0060_items_received`` (point)
     ``(client, service, node, max_items, item_ids, extra, items, metadata)``,
     run after items came from the network; the pubsub cache analyses new
@@ -107,6 +112,7 @@ NS_PUBSUB_META_DATA = "http://jabber.org/protocol/pubsub#meta-data"
 NS_DELAY = "urn:xmpp:delay"
 
 TRIGGER_GET_ITEMS = "XEP-0060_get_items"
+TRIGGER_GET_ITEMS_XML = "XEP-0060_get_items_xml"
 TRIGGER_ITEMS_RECEIVED = "XEP-0060_items_received"
 #: Points run after the service accepted a request of the profile, with the
 #: request's arguments: ``(client, service, node, options)`` and
@@ -734,6 +740,28 @@ def items_from_xml(xmls: list[str]) -> list[domish.Element]:
     return items
 
 
+def _check_items_request(
+    node: str, max_items: int | None, item_ids: list[str] | None,
+    rsm_request: RSMRequest | None,
+) -> int | None:
+    """Check the arguments of an items request; return max_items, None for 0 (no limit)."""
+    _check_node(node, "get items")
+    if max_items is not None:
+        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 0:
+            raise InvalidValue(
+                f"invalid max_items {max_items!r}: use a positive integer"
+            )
+        if max_items == 0:
+            max_items = None
+    if item_ids is not None and (
+        not isinstance(item_ids, list) or not all(isinstance(i, str) and i for i in item_ids)
+    ):
+        raise InvalidValue(f"invalid item_ids {item_ids!r}: use a list of item ids")
+    if rsm_request is not None and not isinstance(rsm_request, RSMRequest):
+        raise InvalidValue(f"invalid rsm_request {rsm_request!r}: use an RSMRequest")
+    return max_items
+
+
 def describe_target(service: str, node: str | None) -> str:
     """Name the service and, when there is one, the node of a request for messages."""
     return f"{service} node {node!r}" if node else service
@@ -916,21 +944,7 @@ class XEP_0060:
         the service returns an error.
         """
         extra = dict(extra or {})
-        _check_node(node, "get items")
-        if max_items is not None:
-            if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 0:
-                raise InvalidValue(
-                    f"invalid max_items {max_items!r}: use a positive integer"
-                )
-            if max_items == 0:
-                max_items = None
-        if item_ids is not None and (
-            not isinstance(item_ids, list) or not all(isinstance(i, str) and i for i in item_ids)
-        ):
-            raise InvalidValue(f"invalid item_ids {item_ids!r}: use a list of item ids")
-        if rsm_request is not None and not isinstance(rsm_request, RSMRequest):
-            raise InvalidValue(f"invalid rsm_request {rsm_request!r}: use an RSMRequest")
-
+        max_items = _check_items_request(node, max_items, item_ids, rsm_request)
         go_on, result = await self.host.trigger.return_point(
             TRIGGER_GET_ITEMS, client, service, node, max_items, item_ids, sub_id, extra,
             rsm_request,
@@ -963,6 +977,37 @@ class XEP_0060:
             items, metadata,
         )
         return items, metadata
+
+    async def get_items_xml(
+        self,
+        client: Any,
+        service: JID | None,
+        node: str,
+        max_items: int | None = None,
+        item_ids: list[str] | None = None,
+        sub_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+        rsm_request: RSMRequest | None = None,
+    ) -> tuple[list[str], dict[str, Any]]:
+        """Return the items of a node as serialised ``<item/>`` elements, and the metadata.
+
+        Same arguments, metadata and errors as :meth:`get_items`. A
+        ``XEP-0060_get_items_xml`` trigger may answer with stored XML (the
+        pubsub cache does), which is what the bridge sends on: nothing is
+        parsed then. Otherwise this is :meth:`get_items`, items serialised.
+        """
+        extra = dict(extra or {})
+        max_items = _check_items_request(node, max_items, item_ids, rsm_request)
+        go_on, result = await self.host.trigger.return_point(
+            TRIGGER_GET_ITEMS_XML, client, service, node, max_items, item_ids, sub_id, extra,
+            rsm_request,
+        )
+        if not go_on:
+            return result
+        items, metadata = await self.get_items(
+            client, service, node, max_items, item_ids, sub_id, extra, rsm_request
+        )
+        return [item.toXml() for item in items], metadata
 
     def _received_items(
         self, client: Any, service: JID | None, node: str, items_elt: domish.Element | None,
@@ -1639,11 +1684,11 @@ class XEP_0060:
     ) -> dict[str, Any]:
         client = self.host.get_client(profile)
         rsm_request = RSMRequest.from_dict(rsm) if rsm else None
-        items, metadata = await self.get_items(
+        xmls, metadata = await self.get_items_xml(
             client, parse_jid(service), node, max_items, item_ids or None, sub_id=sub_id,
             extra=extra, rsm_request=rsm_request,
         )
-        return {"items": [item.toXml() for item in items], "metadata": metadata}
+        return {"items": xmls, "metadata": metadata}
 
     async def _bridge_publish(
         self,

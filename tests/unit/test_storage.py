@@ -27,7 +27,9 @@ from libervia.backend.core.exceptions import (
     ProfileNotFound,
     StorageError,
 )
-from libervia.backend.memory.sqla import INLINE_READ_MAX_ITEMS, NODE_LOCK_SPACE, Storage
+from libervia.backend.memory.sqla import (
+    INLINE_COUNT_MAX_ITEMS, INLINE_READ_MAX_ITEMS, NODE_LOCK_SPACE, Storage,
+)
 from libervia.backend.memory.sqla_mapping import Profile, PubsubNode, SyncState
 from libervia.backend.tools.aio import as_deferred
 
@@ -712,6 +714,46 @@ class InlineReadTests:
         ]
         await storage.delete_pubsub_items(node.id, ["a", "b"])
         assert storage.read_items_xml_now(node.id, max_items=5) == []
+
+
+    @pytest_twisted.ensureDeferred
+    async def test_node_row_as_async_read(self, storage: Storage, profile: Profile) -> None:
+        await storage.set_pubsub_node(
+            profile.id, SERVICE, NODE, analyser="blog", type_="microblog", subtype="x",
+            sync_state=SyncState.COMPLETED, extra={"max_items": 10, "item_order": "creation"},
+        )
+        await storage.set_pubsub_node(profile.id, SERVICE, "plain")
+        for name in (NODE, "plain", "unknown"):
+            expected = await storage.get_pubsub_node(profile.id, SERVICE, name)
+            answered, node_row = storage.read_pubsub_node_now(profile.id, SERVICE, name)
+            if storage.sqlite_path is None:
+                assert (answered, node_row) == (False, None)
+                continue
+            assert answered
+            if expected is None:
+                assert node_row is None
+                continue
+            columns = list(PubsubNode.__mapper__.columns.keys())
+            assert {key: getattr(node_row, key) for key in columns} == {
+                key: getattr(expected, key) for key in columns
+            }
+        if storage.sqlite_path is not None:
+            _, node_row = storage.read_pubsub_node_now(profile.id, SERVICE, NODE)
+            assert node_row.sync_state is SyncState.COMPLETED
+            assert node_row.extra == {"max_items": 10, "item_order": "creation"}
+            assert node_row.sync_state_updated.tzinfo is not None
+
+    @pytest_twisted.ensureDeferred
+    async def test_bounded_count(self, storage: Storage, node: PubsubNode) -> None:
+        await storage.cache_pubsub_items(
+            node.id, [(item_id, item_xml(item_id), None, None) for item_id in "abcde"]
+        )
+        if storage.sqlite_path is None:
+            assert storage.count_pubsub_items_now(node.id, at_most=3) is None
+            return
+        assert storage.count_pubsub_items_now(node.id, at_most=3) == 3
+        assert storage.count_pubsub_items_now(node.id, at_most=6) == 5
+        assert storage.count_pubsub_items_now(node.id, at_most=INLINE_COUNT_MAX_ITEMS + 1) is None
 
 
 class NodeLockTests:

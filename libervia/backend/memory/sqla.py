@@ -109,6 +109,9 @@ ITEMS_ORDER_FIELDS = frozenset({"created", "updated"})
 # SQLite database (Storage.read_items_xml_now). Larger reads, whose rows
 # could hold the loop for milliseconds, go through the async engine.
 INLINE_READ_MAX_ITEMS = 200
+# Largest number of index entries an inline count walks (a fraction of a
+# millisecond).
+INLINE_COUNT_MAX_ITEMS = 10000
 
 # Time added between consecutive items of one batch, so that their order
 # survives even when the clock does not move between two of them.
@@ -376,6 +379,8 @@ class Storage:
         # opened on first use by read_items_xml_now.
         self._inline_reader: sqlite3.Connection | None = None
         self._inline_reader_failed = False
+        # (attribute, column, result processor) of pubsub_nodes, for inline reads.
+        self._inline_node_columns: list[tuple[str, str, Any]] | None = None
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -1127,6 +1132,65 @@ class Storage:
         if max_items is not None:
             data.reverse()
         return data
+
+    def count_pubsub_items_now(self, node_id: int, at_most: int) -> int | None:
+        """Count a node's cached items, up to ``at_most``, from the calling thread.
+
+        Returns ``min(count, at_most)``, or None when the caller must use
+        :meth:`count_pubsub_items` (see :meth:`read_items_xml_now`; the
+        count is inline up to INLINE_COUNT_MAX_ITEMS).
+        """
+        if at_most > INLINE_COUNT_MAX_ITEMS or self._engine is None:
+            return None
+        reader = self._inline_reader or self._open_inline_reader()
+        if reader is None:
+            return None
+        try:
+            row = reader.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM pubsub_items WHERE node_id = ? LIMIT ?)",
+                (node_id, max(at_most, 0)),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            log.debug("inline count of node %d deferred to the async engine: %s", node_id, exc)
+            return None
+        return row[0]
+
+    def read_pubsub_node_now(
+        self, profile_id: int, service: str, name: str,
+    ) -> tuple[bool, PubsubNode | None]:
+        """Read what :meth:`get_pubsub_node` returns, from the calling thread.
+
+        Returns ``(True, node or None)``, or ``(False, None)`` when the
+        caller must use :meth:`get_pubsub_node` (see :meth:`read_items_xml_now`).
+        The node is a detached object, as the async method returns.
+        """
+        if self._engine is None:
+            return False, None
+        reader = self._inline_reader or self._open_inline_reader()
+        if reader is None:
+            return False, None
+        if self._inline_node_columns is None:
+            dialect = self._engine.dialect
+            self._inline_node_columns = [
+                (key, column.name, column.type.dialect_impl(dialect).result_processor(dialect, None))
+                for key, column in PubsubNode.__mapper__.columns.items()
+            ]
+        columns = self._inline_node_columns
+        sql = (
+            f"SELECT {', '.join(column for _, column, _ in columns)} FROM pubsub_nodes "
+            f"WHERE profile_id = ? AND service = ? AND name = ?"
+        )
+        try:
+            row = reader.execute(sql, (profile_id, service, name)).fetchone()
+        except sqlite3.Error as exc:
+            log.debug("inline read of node %r deferred to the async engine: %s", name, exc)
+            return False, None
+        if row is None:
+            return True, None
+        return True, PubsubNode(**{
+            key: value if processor is None else processor(value)
+            for (key, _, processor), value in zip(columns, row)
+        })
 
     def _open_inline_reader(self) -> sqlite3.Connection | None:
         """Open the connection of read_items_xml_now; None when the database has none."""

@@ -1190,7 +1190,13 @@ class PubsubCache:
 
     async def _synced_node_row(self, client: Any, service: str, node: str) -> Any:
         """Return the node row when the node is COMPLETED or IN_PROGRESS, else None."""
-        node_row = await self.host.storage.get_pubsub_node(client.profile_id, service, node)
+        storage = self.host.storage
+        # Every notification of the profile looks its node up, and those of
+        # one profile apply one after the other: an inline read keeps them
+        # off the database threads, where readers would delay them.
+        answered, node_row = storage.read_pubsub_node_now(client.profile_id, service, node)
+        if not answered:
+            node_row = await storage.get_pubsub_node(client.profile_id, service, node)
         if node_row is None or node_row.sync_state not in (
             SyncState.COMPLETED, SyncState.IN_PROGRESS
         ):
@@ -1254,11 +1260,13 @@ class PubsubCache:
                     published.append(row[:3] + (publisher or row[3],))
             evicted: list[str] = []
             if published:
-                stored = {
-                    row.name: row.data for row in await storage.get_pubsub_items(
-                        node_row.id, item_ids=[row[0] for row in published]
+                published_ids = [row[0] for row in published]
+                stored_rows = storage.read_items_xml_now(node_row.id, item_ids=published_ids)
+                if stored_rows is None:
+                    stored_rows = await storage.get_pubsub_items_xml(
+                        node_row.id, item_ids=published_ids
                     )
-                }
+                stored = dict(stored_rows)
                 # Services send the last item again on subscription or presence
                 # (send_last_published_item): an unchanged item is not written,
                 # so it keeps its modification time and place.
@@ -1288,7 +1296,7 @@ class PubsubCache:
                 # max_items, not on edits (ejabberd 23.01 keeps extra items
                 # until then).
                 if added and isinstance(max_items, int) and (
-                    await storage.count_pubsub_items(node_row.id) > max_items
+                    await self._count_exceeds(node_row.id, max_items)
                 ):
                     evicted = await self._evict(client, service, node_row, max_items)
             if retracted:
@@ -1345,6 +1353,14 @@ class PubsubCache:
                 client.profile, without_id, node_row.service, node_row.name,
             )
         return changes
+
+    async def _count_exceeds(self, node_id: int, max_items: int) -> bool:
+        """Tell whether a node holds more than ``max_items`` cached items."""
+        storage = self.host.storage
+        count = storage.count_pubsub_items_now(node_id, at_most=max_items + 1)
+        if count is None:
+            count = await storage.count_pubsub_items(node_id)
+        return count > max_items
 
     async def _evict(
         self, client: Any, service: JID, node_row: Any, max_items: int,

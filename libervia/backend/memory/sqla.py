@@ -1069,8 +1069,8 @@ class Storage:
         """Return the state of every item of a node, by item id, in ascending creation order.
 
         The XML is read in chunks of STATE_CHUNK_ROWS rows and only its digest
-        is kept, so the memory used grows by about 200 bytes per item, not by
-        the size of the items.
+        is kept, so the memory used grows by a few hundred bytes per item (an
+        estimate), not by the size of the items.
         """
         query = (
             select(

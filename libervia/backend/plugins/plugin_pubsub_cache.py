@@ -1055,8 +1055,8 @@ class PubsubCache:
 
         The first request is for an RSM page. A service that ignores RSM
         (Prosody 0.12) sends every item back, handed over in batches of
-        ``sync_page_size``. Otherwise pages follow, each one after the
-        ``last`` key of the previous one, until the reported count is
+        ``sync_page_size``, after one progress signal. Otherwise pages follow,
+        each one after the ``last`` key of the previous one, until the reported count is
         reached, a page has no ``last``, or a page repeats item ids. The
         next page is requested before ``handle_page`` runs, so the network
         wait overlaps its work. Pages contain only items with an id, each id
@@ -1200,6 +1200,9 @@ class PubsubCache:
             unique[item_id] = item
         if len(unique) > limit:
             raise NodeTooLarge(f"{len(unique)} items, more than the limit of {limit}")
+        self._send_sync_signal(
+            client, service, node, SyncState.IN_PROGRESS.value, items=len(unique), count=None,
+        )
         batch: list[domish.Element] = []
         for item in unique.values():
             batch.append(item)
@@ -1208,9 +1211,6 @@ class PubsubCache:
                 batch = []
         if batch:
             await handle_page(batch)
-        self._send_sync_signal(
-            client, service, node, SyncState.IN_PROGRESS.value, items=len(unique), count=None,
-        )
 
     async def _item_row(
         self, client: Any, service: JID, node: str, item: domish.Element,

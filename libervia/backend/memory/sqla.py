@@ -21,6 +21,7 @@ writer.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import sqlite3
@@ -125,6 +126,9 @@ NODE_LOCK_SPACE = 0x4C49
 # while it synchronises it, so that two daemons sharing a PostgreSQL database
 # never sync the same node at once ("LS" in ASCII).
 NODE_SYNC_LOCK_SPACE = 0x4C53
+
+# Rows read at a time by get_pubsub_item_states.
+STATE_CHUNK_ROWS = 1000
 
 # Tuple given to cache_pubsub_items(): item id, <item/> XML, parsed data, publisher.
 ItemTuple = tuple[str, str, dict[str, Any] | None, str | None]
@@ -345,6 +349,25 @@ def _items_request_selects(
     if max_items is not None and max_items < 0:
         raise InvalidValue(f"max_items must be 0 or more, not {max_items}")
     return max_items != 0 and (item_ids is None or bool(item_ids))
+
+
+def item_digest(xml: str) -> bytes:
+    """Return the 16-byte BLAKE2b digest of an item's XML, to compare items without keeping their XML."""
+    return hashlib.blake2b(xml.encode("utf-8"), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class StoredItemState:
+    """A stored item's identity, times and XML digest: what a reconciliation compares."""
+
+    #: Primary key of the row, which breaks ties between equal times.
+    id: int
+    #: Item id.
+    name: str
+    created: datetime
+    updated: datetime
+    #: item_digest() of the stored XML.
+    digest: bytes
 
 
 @dataclass
@@ -1057,6 +1080,33 @@ class Storage:
         if max_items is not None:
             rows.reverse()
         return rows
+
+    @aio
+    async def get_pubsub_item_states(self, node_id: int) -> dict[str, StoredItemState]:
+        """Return the state of every item of a node, by item id, in ascending creation order.
+
+        The XML is read in chunks of STATE_CHUNK_ROWS rows and only its digest
+        is kept, so the memory used grows by a few hundred bytes per item (an
+        estimate), not by the size of the items.
+        """
+        query = (
+            select(
+                PubsubItem.id, PubsubItem.name, PubsubItem.created, PubsubItem.updated,
+                PubsubItem.data,
+            )
+            .where(PubsubItem.node_id == node_id)
+            .order_by(PubsubItem.created, PubsubItem.id)
+            .execution_options(yield_per=STATE_CHUNK_ROWS)
+        )
+        states: dict[str, StoredItemState] = {}
+        async with self._session() as session:
+            result = await session.stream(query)
+            async for chunk in result.partitions():
+                for row_id, name, created, updated, data in chunk:
+                    states[name] = StoredItemState(
+                        row_id, name, created, updated, item_digest(data)
+                    )
+        return states
 
     @aio
     async def get_pubsub_items_xml(

@@ -6,7 +6,7 @@ daemon's reader syncs it ``plan.sync_runs[size]`` times. A first get
 through the bridge starts each sync, and the time runs until the daemon's
 ``ps_cache_sync`` signal reports COMPLETED. ``ps_cache_reset`` drops the node
 between two runs, so each run is a first sync. ejabberd pages the sync
-with RSM (the default page size, 100 items), Prosody 0.12 sends every item
+with RSM (the default page size, 500 items), Prosody 0.12 sends every item
 in one response.
 
 Each node is synced by a new daemon, with a reader profile on that server

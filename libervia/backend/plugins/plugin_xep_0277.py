@@ -684,7 +684,7 @@ def _verify_author(data: dict[str, Any], publisher: str | None) -> None:
             data["author_jid_verified"] = False
         return
 
-    author_jid = jid.JID(data["author_jid"])
+    author_jid = make_jid(data["author_jid"])
     data["author_jid_verified"] = (
         publisher_jid is not None and publisher_jid.userhost() == author_jid.userhost()
     )

@@ -33,6 +33,7 @@ Case-insensitive operators
 
 from __future__ import annotations
 
+import json
 import math
 import operator as python_operator
 from collections.abc import Callable, Sequence
@@ -63,6 +64,8 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 
 from libervia.backend.core.exceptions import InvalidValue, StorageError
 from libervia.backend.memory import fulltext
@@ -801,7 +804,9 @@ class _PostgresJson:
             document: Any = [operand] if field_filter.operator == "overlap" else operand
             for key in reversed(field_filter.path):
                 document = {key: document}
-            tests.append(parsed.op("@>")(bindparam(None, document, type_=JSONB)))
+            # Bound as text and cast, so the query also renders with literal values.
+            bound = cast(bindparam(None, json.dumps(document), type_=Text), JSONB)
+            tests.append(parsed.op("@>")(bound))
         return or_(*tests)
 
     def elements_match(
@@ -913,8 +918,19 @@ class _QueryBuilder:
     ) -> list[ColumnElement[bool]]:
         """Return the WHERE conditions of ``request``, with the full-text match if ``full_text``."""
         conditions: list[ColumnElement[bool]] = []
+        profile_id: ColumnElement[Any] = PubsubNode.profile_id
+        if self.json.name == "sqlite":
+            # A unary + keeps SQLite, which has no statistics here, from
+            # reading the items through the profile's nodes and sorting them
+            # all. A profile usually owns most items, so the indexes on
+            # time, dates and full text select far fewer rows.
+            profile_id = UnaryExpression(
+                PubsubNode.profile_id.expression,
+                operator=custom_op("+"),
+                type_=Integer(),
+            )
         columns: list[tuple[ColumnElement[Any], tuple[Any, ...] | None]] = [
-            (PubsubNode.profile_id, request.profile_ids),
+            (profile_id, request.profile_ids),
             (PubsubNode.service, request.services),
             (PubsubNode.name, request.nodes),
             (PubsubNode.type_, request.types),
@@ -1035,7 +1051,13 @@ class _QueryBuilder:
                 expressions = [getattr(PubsubItem, str(key.name))]
             for expression in expressions:
                 ordered = expression.desc() if key.descending else expression.asc()
-                clauses.append(ordered.nulls_last())
+                # Only values of parsed data can be NULL. NULLS LAST on the
+                # other keys would keep PostgreSQL from reading a (time, id)
+                # index backwards, and SQLite from taking FTS5 matches in row
+                # id order.
+                clauses.append(ordered.nulls_last() if key.path is not None else ordered)
+        if order and order[-1].name == STORAGE_ORDER:
+            return clauses
         last_descending = order[-1].descending if order else True
         clauses.append(row_id.desc() if last_descending else row_id.asc())
         return clauses

@@ -64,6 +64,9 @@ def upgrade() -> None:
     elif dialect == "postgresql":
         op.execute(PG_PUBLISHED_INDEX)
         op.execute(PG_PARSED_INDEX)
+        # The planner has no statistics on the indexed expressions until the
+        # table is analysed, and autovacuum analyses only after many writes.
+        op.execute("ANALYZE pubsub_items")
     else:
         raise NotImplementedError(
             f"search indexes not implemented for {dialect} databases: use SQLite or PostgreSQL"

@@ -375,7 +375,10 @@ async def _profile_search(output: Path) -> None:
                         **{"fts_mode": "words", **query.arguments},
                         profile_ids=[databases.profile_ids[engine]], limit=SEARCH_LIMIT,
                     )
-                    page, count = search_module.build_queries(engine, request)
+                    page = search_module.build_page_query(engine, request)
+                    count = search_module.build_count_query(
+                        engine, request, search_module.DEFAULT_COUNT_LIMIT + 1
+                    )
                     for label, statement in (("page", page), ("count", count)):
                         plan = await as_deferred(_explain(storage, engine, statement))
                         lines += [f"== {query.name} ({query.description}), {engine}, {label}",

@@ -802,6 +802,15 @@ idisjoint like ilike not_like not_ilike exists. See doc/cache_search.rst.""",
         "-i", "--offset", type=non_negative_int, default=0,
         help="number of matching items to skip, for the next pages (default 0)",
     )
+    count = search.add_mutually_exclusive_group()
+    count.add_argument(
+        "--count-limit", type=non_negative_int, metavar="N",
+        help="count the matches up to N, then print 'at least N' (default 1000; 0: no count)",
+    )
+    count.add_argument(
+        "--exact-count", action="store_true",
+        help="count every match, which takes longer when many items match",
+    )
     search.add_argument(
         "-P", "--payload", action="store_true", help="print the XML payload of each item"
     )
@@ -1001,10 +1010,16 @@ def run_cache_search(ctx: Context, args: argparse.Namespace) -> int:
         "offset": args.offset,
         "limit": args.limit,
         "payload": args.payload,
+        "count_limit": args.count_limit,
+        "exact_count": args.exact_count,
     }
     key_texts = args.keys or list(SEARCH_DEFAULT_KEYS)
     keys = [(text, parse_search_path(text, "key")) for text in key_texts]
-    params = {name: value for name, value in params.items() if value not in (None, [])}
+    params = {
+        name: value for name, value in params.items() if value not in (None, []) and (
+            value is not False or name != "exact_count"
+        )
+    }
     if args.profiles:
         result = ctx.call("ps_cache_search_all_profiles", profiles=args.profiles, **params)
     else:
@@ -1048,14 +1063,23 @@ def run_cache_search(ctx: Context, args: argparse.Namespace) -> int:
 
     total = result["total"]
     offset = result["offset"]
+    # The backend stops counting at the count limit: the total is then a minimum.
+    if total is None:
+        matching = "uncounted"
+    elif result.get("total_exact", True):
+        matching = f"{total}"
+    else:
+        matching = f"at least {total}"
     if items:
-        summary = f"-- items {offset + 1} to {offset + len(items)} of {total}"
-    elif not total:
+        summary = f"-- items {offset + 1} to {offset + len(items)} of {matching}"
+    elif total == 0:
         summary = "-- no cached item matches"
     elif result["limit"] == 0:
-        summary = f"-- {total} item(s) match"
+        summary = f"-- {matching} item(s) match"
     else:
-        summary = f"-- no item from offset {offset}: {total} item(s) match"
+        summary = f"-- no item from offset {offset}: {matching} item(s) match"
+    if result.get("relevance_ignored"):
+        summary += " (too many matches to rank by relevance: most recently cached first)"
     ctx.output.line(summary, style="dim")
     return 0
 

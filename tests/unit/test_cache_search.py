@@ -20,6 +20,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 import pytest_twisted
+from sqlalchemy import update
 
 from libervia.backend.bridge.server import BridgeServer
 from libervia.backend.core.exceptions import InvalidValue, ProfileNotFound
@@ -27,6 +28,8 @@ from libervia.backend.core.plugin_manager import discover, load_order
 from libervia.backend.memory import search
 from libervia.backend.memory.search import like_to_glob
 from libervia.backend.memory.sqla import Storage
+from libervia.backend.memory.sqla_mapping import PubsubItem
+from libervia.backend.tools.aio import as_deferred
 from libervia.backend.plugins.plugin_pubsub_cache_search import PubsubCacheSearch
 
 ATOM = "http://www.w3.org/2005/Atom"
@@ -842,6 +845,113 @@ class HitTests:
     async def test_payload_on_request(self, cache: Cache) -> None:
         (hit,) = (await cache.search(item_ids=["post-1"], with_payload=True)).hits
         assert hit.payload == entry_xml("post-1", POST_1)
+
+
+class CountLimitTests:
+    @pytest_twisted.ensureDeferred
+    async def test_count_stops_at_limit(self, cache: Cache) -> None:
+        result = await cache.search(count_limit=3, limit=2)
+        assert result.total == 3
+        assert result.total_exact is False
+
+    @pytest_twisted.ensureDeferred
+    async def test_count_below_limit_exact(self, cache: Cache) -> None:
+        result = await cache.search(count_limit=8, limit=2)
+        assert result.total == 8
+        assert result.total_exact is True
+
+    @pytest_twisted.ensureDeferred
+    async def test_short_page_makes_total_exact(self, cache: Cache) -> None:
+        result = await cache.search(count_limit=3, offset=6, limit=5)
+        assert len(result.hits) == 2
+        assert result.total == 8
+        assert result.total_exact is True
+
+    @pytest_twisted.ensureDeferred
+    async def test_no_count(self, cache: Cache) -> None:
+        result = await cache.search(count_limit=0, limit=2)
+        assert len(result.hits) == 2
+        assert result.total is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_invalid_count_limit(self, cache: Cache) -> None:
+        with pytest.raises(InvalidValue, match="count limit"):
+            await cache.search(count_limit=-1)
+
+
+class FrequentMatchTests:
+    """Searches matching more than RELEVANCE_MAX_MATCHES items."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_storage_order_replaces_relevance(self, storage: Storage) -> None:
+        profile = await storage.create_profile("alice", "alice@example.org", "pw")
+        node = await storage.set_pubsub_node(profile.id, SERVICE, BLOG)
+        count = search.RELEVANCE_MAX_MATCHES + 5
+        # The shortest text is the best bm25 match, but it is the oldest item.
+        items = [("item-short", '<item id="item-short"><p>apple</p></item>', None, None)]
+        items += [
+            (f"item-{index:04}", f'<item id="item-{index:04}"><p>apple pie {index}</p></item>',
+             None, None)
+            for index in range(count)
+        ]
+        await storage.cache_pubsub_items(node.id, items)
+
+        result = await storage.search_pubsub_items("apple", limit=3)
+
+        assert result.relevance_ignored is True
+        assert [hit.item_id for hit in result.hits] == [
+            f"item-{count - 1:04}", f"item-{count - 2:04}", f"item-{count - 3:04}"
+        ]
+        assert result.total == search.DEFAULT_COUNT_LIMIT
+        assert result.total_exact is False
+
+    @pytest_twisted.ensureDeferred
+    async def test_relevance_kept_below_maximum(self, storage: Storage) -> None:
+        profile = await storage.create_profile("alice", "alice@example.org", "pw")
+        node = await storage.set_pubsub_node(profile.id, SERVICE, BLOG)
+        # The oldest item is the best match on both engines: the word three times.
+        items = [("item-short", '<item id="item-short"><p>apple apple apple</p></item>',
+                  None, None)]
+        items += [
+            (f"item-{index}", f'<item id="item-{index}"><p>apple pie and more {index}</p></item>',
+             None, None)
+            for index in range(20)
+        ]
+        await storage.cache_pubsub_items(node.id, items)
+
+        result = await storage.search_pubsub_items("apple", limit=3)
+
+        assert result.relevance_ignored is False
+        assert result.hits[0].item_id == "item-short"
+
+    @pytest_twisted.ensureDeferred
+    async def test_newest_first_with_out_of_order_time(self, storage: Storage) -> None:
+        # On SQLite the page comes from the highest row ids, then from the
+        # (created, id) index for older rows whose time is later.
+        profile = await storage.create_profile("alice", "alice@example.org", "pw")
+        first = await storage.set_pubsub_node(profile.id, SERVICE, BLOG)
+        second = await storage.set_pubsub_node(profile.id, SERVICE, "other")
+        for node_id, prefix in ((first.id, "a"), (second.id, "b")):
+            await storage.cache_pubsub_items(
+                node_id,
+                [(f"{prefix}-{index}", f'<item id="{prefix}-{index}"><p>apple</p></item>',
+                  None, None) for index in range(10)],
+            )
+        future = datetime(2100, 1, 1, tzinfo=timezone.utc)
+
+        async def move_to_future() -> None:
+            async with storage.engine.begin() as connection:
+                await connection.execute(
+                    update(PubsubItem).where(PubsubItem.name == "a-3").values(created=future)
+                )
+
+        await as_deferred(move_to_future())
+
+        result = await storage.search_pubsub_items(
+            "apple", order_by=[("created", "desc")], limit=3
+        )
+
+        assert [hit.item_id for hit in result.hits] == ["a-3", "b-9", "b-8"]
 
 
 class DefaultLimitTests:

@@ -42,6 +42,9 @@ SQLITE_FTS_TABLE = "pubsub_items_fts"
 PG_VECTOR_COLUMN = "text_vector"
 #: GIN index on :data:`PG_VECTOR_COLUMN`.
 PG_VECTOR_INDEX = "ix_pubsub_items_text_vector"
+#: Indexes of the search on parsed data, created by a migration and not in
+#: the ORM mapping, because they index expressions of one engine.
+UNMAPPED_SEARCH_INDEXES = ("ix_pubsub_items_parsed_published", "ix_pubsub_items_parsed")
 #: Text search configuration of the PostgreSQL index. "simple" only lowercases
 #: and does no stemming, which is closest to what the SQLite index does.
 PG_TS_CONFIG = "simple"
@@ -298,12 +301,13 @@ def drop_sqlite_fts_triggers(target: ExecutesSQL) -> None:
 
 
 def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
-    """Tell Alembic whether to reflect a database object: False for the full-text index.
+    """Tell Alembic whether to reflect a database object: False for the unmapped indexes.
 
-    The FTS5 table and its shadow tables (SQLite), and the ``tsvector``
-    column and its index (PostgreSQL), are created by the migrations but are
-    not in the ORM mapping, so autogenerate and schema comparisons must skip
-    them. Use it as the ``include_name`` option of Alembic's context.
+    The FTS5 table and its shadow tables (SQLite), the ``tsvector`` column
+    and its index (PostgreSQL), and :data:`UNMAPPED_SEARCH_INDEXES` are
+    created by the migrations but are not in the ORM mapping, so
+    autogenerate and schema comparisons must skip them. Use it as the
+    ``include_name`` option of Alembic's context.
     """
     if name is None:
         return True
@@ -312,14 +316,14 @@ def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | 
     if type_ == "column":
         return not (name == PG_VECTOR_COLUMN and parent_names.get("table_name") == "pubsub_items")
     if type_ == "index":
-        return name != PG_VECTOR_INDEX
+        return name not in (PG_VECTOR_INDEX, *UNMAPPED_SEARCH_INDEXES)
     return True
 
 
 def include_object(
     object_: object, name: str | None, type_: str, reflected: bool, compare_to: object | None
 ) -> bool:
-    """Tell Alembic whether to compare a schema object: False for the full-text index.
+    """Tell Alembic whether to compare a schema object: False for the unmapped indexes.
 
     The same filter as :func:`include_name`, as Alembic's ``include_object``
     option, for callers that compare already reflected objects.

@@ -33,6 +33,7 @@ Case-insensitive operators
 
 from __future__ import annotations
 
+import json
 import math
 import operator as python_operator
 from collections.abc import Callable, Sequence
@@ -63,6 +64,8 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 
 from libervia.backend.core.exceptions import InvalidValue, StorageError
 from libervia.backend.memory import fulltext
@@ -111,11 +114,30 @@ ORDER_DIRECTIONS = ("asc", "desc")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
+#: Number of matches up to which a search counts them by default. Counting
+#: stops there because the cost of a count grows with the number of matches.
+DEFAULT_COUNT_LIMIT = 1000
+#: Maximum number of matches that a search orders by relevance. Scoring
+#: takes about 10 microseconds per match (measured at 1,000,000 items with
+#: SQLite 3.40's FTS5 and PostgreSQL 15), so above this number the relevance
+#: keys of the order are replaced by the storage order (see
+#: :data:`STORAGE_ORDER`) and the result says so.
+RELEVANCE_MAX_MATCHES = 1000
+#: Internal order key: the row id, which follows the order in which the
+#: cache stored the items. It replaces relevance for searches matching more
+#: than :data:`RELEVANCE_MAX_MATCHES` items.
+STORAGE_ORDER = "storage"
 MAX_PATH_LENGTH = 32
 #: Maximum number of values of a list operator.
 MAX_LIST_VALUES = 1000
 # List indexes are bound as PostgreSQL integers (4 bytes).
 MAX_INDEX = 2**31 - 1
+
+#: Paths of parsed data whose value has an index on both engines (see the
+#: migration "Index the searches of pubsub items"). Queries write these paths
+#: as SQL constants, not bound parameters, because an index on an expression
+#: serves only queries with the same expression, constants included.
+INDEXED_PATHS = frozenset({("published",)})
 
 #: SQL function lowercasing text with Python's str.lower() on SQLite connections.
 SQLITE_LOWER_FUNCTION = "libervia_lower"
@@ -129,6 +151,11 @@ JsonPath = tuple[str | int, ...]
 Scalar = str | int | float | bool
 
 PATH_EXAMPLE = '["links", 0, "href"]'
+
+
+def _sql_string(text: str) -> ColumnElement[Any]:
+    """Return an SQL string constant: for constants of the code only, never for user text."""
+    return literal_column("'" + text.replace("'", "''") + "'")
 
 
 def sqlite_lower(value: Any) -> Any:
@@ -174,6 +201,8 @@ class SearchRequest:
     offset: int
     limit: int
     with_payload: bool
+    #: Matches counted at most, None to count them all, 0 to skip the count.
+    count_limit: int | None = DEFAULT_COUNT_LIMIT
 
 
 @dataclass
@@ -200,7 +229,14 @@ class SearchResult:
     """One page of search results and the number of matches over all pages."""
 
     hits: list[SearchHit] = field(default_factory=list)
-    total: int = 0
+    #: Number of matches over all pages: exact when ``total_exact`` is set,
+    #: else a lower bound (the count stopped at its limit). None when the
+    #: search was asked not to count.
+    total: int | None = 0
+    total_exact: bool = True
+    #: Whether the search matched more than :data:`RELEVANCE_MAX_MATCHES`
+    #: items, so that the storage order replaced the relevance keys.
+    relevance_ignored: bool = False
 
 
 def _check_text(text: str, label: str) -> None:
@@ -410,6 +446,7 @@ def check_request(
     offset: int = 0,
     limit: int = DEFAULT_LIMIT,
     with_payload: bool = False,
+    count_limit: int | None = DEFAULT_COUNT_LIMIT,
 ) -> SearchRequest:
     """Check the arguments of a search (see Storage.search_pubsub_items).
 
@@ -432,6 +469,13 @@ def check_request(
         raise InvalidValue(
             f"limit {limit} is above the maximum of {MAX_LIMIT}: get further pages with "
             f"offset"
+        )
+    if count_limit is not None and (
+        isinstance(count_limit, bool) or not isinstance(count_limit, int) or count_limit < 0
+    ):
+        raise InvalidValue(
+            f"count limit must be an integer of 0 or more (0: no count), or None for an "
+            f"exact count, not {count_limit!r}"
         )
 
     if profile_ids is not None:
@@ -484,6 +528,7 @@ def check_request(
         offset=offset,
         limit=limit,
         with_payload=with_payload,
+        count_limit=count_limit,
     )
 
 
@@ -583,6 +628,8 @@ class _SQLiteJson:
         # NOTE: the JSON text is parsed again by each function reading it, a
         # cost per item and per filter that only the documents' size bounds.
         document: ColumnElement[Any] = type_coerce(PubsubItem.parsed, Text)
+        if path in INDEXED_PATHS:
+            return self._value_at(document, _sql_string(_sqlite_path(path)))
         pending: list[str | int] = []
         for element in path:
             if isinstance(element, str) and not _sqlite_path_key(element):
@@ -590,7 +637,7 @@ class _SQLiteJson:
                 pending = []
             else:
                 pending.append(element)
-        return self._value_at(document, _sqlite_path(pending))
+        return self._value_at(document, bindparam(None, _sqlite_path(pending), type_=Text))
 
     @staticmethod
     def _member(document: ColumnElement[Any], parent_path: str, key: str) -> ColumnElement[Any]:
@@ -615,15 +662,16 @@ class _SQLiteJson:
         )
 
     @staticmethod
-    def _value_at(document: ColumnElement[Any], path: str) -> JsonValue:
-        path_param = bindparam(None, path, type_=Text)
-        json_type = func.json_type(document, path_param)
-        scalar = document.op("->>")(path_param)
+    def _value_at(document: ColumnElement[Any], path: ColumnElement[Any]) -> JsonValue:
+        """Return the views of the value at ``path``, a bound parameter or a constant."""
+        json_type = func.json_type(document, path)
+        scalar = document.op("->>")(path)
         return JsonValue(
-            json=document.op("->", return_type=Text)(path_param),
+            json=document.op("->", return_type=Text)(path),
             json_type=json_type,
-            number=case((json_type.in_(("integer", "real")), scalar)),
-            string=case((json_type == "text", scalar)),
+            # Constant type names, as in the expression indexes of INDEXED_PATHS.
+            number=case((json_type.in_([_sql_string("integer"), _sql_string("real")]), scalar)),
+            string=case((json_type == _sql_string("text"), scalar)),
             boolean=case((json_type == "true", 1), (json_type == "false", 0)),
         )
 
@@ -674,6 +722,11 @@ class _SQLiteJson:
         return text.op("GLOB", is_comparison=True)(glob)
 
     @staticmethod
+    def containment(field_filter: FieldFilter) -> None:
+        """Return None: SQLite has no index serving containment."""
+        return None
+
+    @staticmethod
     def fts_condition(words: str, mode: str) -> ColumnElement[bool] | None:
         match = fts5_match(words, mode)
         if match is None:
@@ -688,22 +741,6 @@ class _SQLiteJson:
         )
         return PubsubItem.id.in_(matching_ids)
 
-    @staticmethod
-    def rank(query: Select, words: str, mode: str) -> tuple[Select, ColumnElement[Any]]:
-        """Join ``query`` with the FTS5 matches, and return it with the score (higher: better)."""
-        match = fts5_match(words, mode)
-        if match is None:
-            return query.where(false()), literal(0)
-        fts_table = table(fulltext.SQLITE_FTS_TABLE, column("rowid"))
-        fts_name = literal_column(fulltext.SQLITE_FTS_TABLE)
-        # bm25() is negative, and lower for better matches.
-        ranked = (
-            select(fts_table.c.rowid, (-func.bm25(fts_name)).label("score"))
-            .where(fts_name.bool_op("MATCH")(bindparam(None, match, type_=Text)))
-            .subquery("ranked")
-        )
-        return query.join(ranked, ranked.c.rowid == PubsubItem.id), ranked.c.score
-
 
 class _PostgresJson:
     """JSON access and text operations of PostgreSQL (jsonb, tsvector)."""
@@ -712,13 +749,13 @@ class _PostgresJson:
 
     def value(self, path: JsonPath) -> JsonValue:
         document: ColumnElement[Any] = type_coerce(PubsubItem.parsed, JSONB)
+        indexed = path in INDEXED_PATHS
         for element in path:
             # -> with a text key reads objects only, so a key "0" never reads
             # a list.
             if isinstance(element, str):
-                document = document.op("->", return_type=JSONB)(
-                    bindparam(None, element, type_=Text)
-                )
+                key = _sql_string(element) if indexed else bindparam(None, element, type_=Text)
+                document = document.op("->", return_type=JSONB)(key)
                 continue
             # -> with an integer reads lists, but PostgreSQL 15 also returns a
             # scalar for the index 0 or -1 ('"a"'::jsonb -> 0 is "a"), hence
@@ -732,16 +769,45 @@ class _PostgresJson:
         json_type = func.jsonb_typeof(document)
         # CASE evaluates a cast only for values of the right type, which a
         # plain AND would not guarantee.
+        # Constant type names, as in the expression indexes of INDEXED_PATHS.
         return JsonValue(
             json=document,
             json_type=json_type,
-            number=case((json_type == "number", cast(document, Float))),
+            number=case((json_type == _sql_string("number"), cast(document, Float))),
             string=case(
-                (json_type == "string",
+                (json_type == _sql_string("string"),
                  document.op("#>>", return_type=Text)(literal_column("'{}'::text[]")))
             ),
-            boolean=case((json_type == "boolean", cast(document, Boolean))),
+            boolean=case((json_type == _sql_string("boolean"), cast(document, Boolean))),
         )
+
+    @staticmethod
+    def containment(field_filter: FieldFilter) -> ColumnElement[bool] | None:
+        """Return a containment test (``parsed @> ...``) implied by ``field_filter``, or None.
+
+        The GIN index on ``parsed`` serves ``@>``, so the test narrows the
+        candidates before the exact condition, which stays. Only strings
+        and booleans take part: jsonb compares numbers as numeric, while
+        filters compare them as floats, so the two disagree on numbers that
+        a float cannot represent exactly.
+        """
+        if field_filter.operator not in ("eq", "in", "overlap"):
+            return None
+        if not all(isinstance(key, str) for key in field_filter.path):
+            return None
+        operands = [field_filter.value] if field_filter.operator == "eq" else field_filter.value
+        if not operands or not all(isinstance(operand, (str, bool)) for operand in operands):
+            return None
+        parsed = type_coerce(PubsubItem.parsed, JSONB)
+        tests = []
+        for operand in operands:
+            document: Any = [operand] if field_filter.operator == "overlap" else operand
+            for key in reversed(field_filter.path):
+                document = {key: document}
+            # Bound as text and cast, so the query also renders with literal values.
+            bound = cast(bindparam(None, json.dumps(document), type_=Text), JSONB)
+            tests.append(parsed.op("@>")(bound))
+        return or_(*tests)
 
     def elements_match(
         self, value: JsonValue, condition: Callable[[JsonValue], ColumnElement[bool]]
@@ -789,15 +855,6 @@ class _PostgresJson:
         if ts_query is None:
             return None
         return _pg_vector().bool_op("@@")(ts_query)
-
-    @staticmethod
-    def rank(query: Select, words: str, mode: str) -> tuple[Select, ColumnElement[Any]]:
-        """Filter ``query`` on the full-text matches; return it with the score (higher: better)."""
-        ts_query = _pg_tsquery(words, mode)
-        if ts_query is None:
-            return query.where(false()), literal(0)
-        vector = _pg_vector()
-        return query.where(vector.bool_op("@@")(ts_query)), func.ts_rank(vector, ts_query)
 
 
 def _pg_vector() -> ColumnElement[Any]:
@@ -861,8 +918,19 @@ class _QueryBuilder:
     ) -> list[ColumnElement[bool]]:
         """Return the WHERE conditions of ``request``, with the full-text match if ``full_text``."""
         conditions: list[ColumnElement[bool]] = []
+        profile_id: ColumnElement[Any] = PubsubNode.profile_id
+        if self.json.name == "sqlite":
+            # A unary + keeps SQLite, which has no statistics here, from
+            # reading the items through the profile's nodes and sorting them
+            # all. A profile usually owns most items, so the indexes on
+            # time, dates and full text select far fewer rows.
+            profile_id = UnaryExpression(
+                PubsubNode.profile_id.expression,
+                operator=custom_op("+"),
+                type_=Integer(),
+            )
         columns: list[tuple[ColumnElement[Any], tuple[Any, ...] | None]] = [
-            (PubsubNode.profile_id, request.profile_ids),
+            (profile_id, request.profile_ids),
             (PubsubNode.service, request.services),
             (PubsubNode.name, request.nodes),
             (PubsubNode.type_, request.types),
@@ -875,6 +943,9 @@ class _QueryBuilder:
                 conditions.append(column_.in_(list(values)))
         for field_filter in request.filters:
             conditions.append(self.filter_condition(field_filter))
+            prefilter = self.json.containment(field_filter)
+            if prefilter is not None:
+                conditions.append(prefilter)
         if full_text and request.fts is not None:
             match = self.json.fts_condition(request.fts, request.fts_mode)
             # User text without any word (only punctuation) matches nothing.
@@ -956,11 +1027,14 @@ class _QueryBuilder:
     # order
 
     def order(
-        self, request: SearchRequest, score: ColumnElement[Any] | None
+        self,
+        order: Sequence[OrderKey],
+        score: ColumnElement[Any] | None,
+        row_id: ColumnElement[Any],
     ) -> list[ColumnElement[Any]]:
-        """Return the ORDER BY clauses, ending with the row id in the last key's direction."""
+        """Return the ORDER BY clauses, ending with ``row_id`` in the last key's direction."""
         clauses: list[ColumnElement[Any]] = []
-        for key in request.order:
+        for key in order:
             expressions: list[ColumnElement[Any]]
             if key.path is not None:
                 value = self.json.value(key.path)
@@ -969,26 +1043,72 @@ class _QueryBuilder:
             elif key.name == RELEVANCE:
                 assert score is not None
                 expressions = [score]
+            elif key.name == STORAGE_ORDER:
+                expressions = [row_id]
             elif key.name == "item_id":
                 expressions = [self.json.text_key(PubsubItem.name)]
             else:
                 expressions = [getattr(PubsubItem, str(key.name))]
             for expression in expressions:
                 ordered = expression.desc() if key.descending else expression.asc()
-                clauses.append(ordered.nulls_last())
-        last_descending = request.order[-1].descending if request.order else True
-        clauses.append(PubsubItem.id.desc() if last_descending else PubsubItem.id.asc())
+                # Only values of parsed data can be NULL. NULLS LAST on the
+                # other keys would keep PostgreSQL from reading a (time, id)
+                # index backwards, and SQLite from taking FTS5 matches in row
+                # id order.
+                clauses.append(ordered.nulls_last() if key.path is not None else ordered)
+        if order and order[-1].name == STORAGE_ORDER:
+            return clauses
+        last_descending = order[-1].descending if order else True
+        clauses.append(row_id.desc() if last_descending else row_id.asc())
         return clauses
 
+    # queries
 
-def build_queries(dialect_name: str, request: SearchRequest) -> tuple[Select, Select]:
-    """Build the query of one page of ``request`` and the query counting all its matches.
+    def matches(
+        self, request: SearchRequest, columns: Sequence[Any], with_score: bool = False
+    ) -> tuple[Select, ColumnElement[Any] | None, ColumnElement[Any]]:
+        """Select ``columns`` of the items matching ``request``, without order or limit.
 
-    The columns of the page query have the names of the :class:`SearchHit`
-    fields, ``payload`` only when ``request.with_payload`` is set.
-    """
-    builder = _QueryBuilder(dialect_name)
-    # Labelled with the names of the SearchHit fields.
+        Returns the query, the relevance score (higher: better) when
+        ``with_score`` is set, and the row id column to order by. On SQLite
+        a full-text search reads the FTS5 table first and joins the items to
+        it, so that FTS5 returns its matches in row id order when the query
+        orders by row id, and scores only the rows that pass every condition.
+        """
+        score: ColumnElement[Any] | None = None
+        row_id: ColumnElement[Any] = PubsubItem.id
+        query = select(*columns)
+        if request.fts is not None and self.json.name == "sqlite":
+            fts_table = table(fulltext.SQLITE_FTS_TABLE, column("rowid"))
+            fts_name = literal_column(fulltext.SQLITE_FTS_TABLE)
+            row_id = fts_table.c.rowid
+            query = query.select_from(fts_table).join(PubsubItem, PubsubItem.id == row_id)
+            match = fts5_match(request.fts, request.fts_mode)
+            if match is None:
+                query = query.where(false())
+            else:
+                query = query.where(fts_name.bool_op("MATCH")(bindparam(None, match, type_=Text)))
+            # bm25() is negative, and lower for better matches.
+            score = -func.bm25(fts_name) if with_score else None
+        else:
+            query = query.select_from(PubsubItem)
+            if request.fts is not None:
+                ts_query = _pg_tsquery(request.fts, request.fts_mode)
+                if ts_query is None:
+                    # Text without any word matches nothing.
+                    query = query.where(false())
+                    score = literal(0) if with_score else None
+                else:
+                    vector = _pg_vector()
+                    query = query.where(vector.bool_op("@@")(ts_query))
+                    score = func.ts_rank(vector, ts_query) if with_score else None
+        query = query.join(PubsubNode, PubsubNode.id == PubsubItem.node_id)
+        query = query.where(*self.conditions(request, full_text=False))
+        return query, score, row_id
+
+
+def hit_columns(with_payload: bool) -> list[Any]:
+    """Return the columns of a hit, labelled with the names of the SearchHit fields."""
     columns: list[Any] = [
         Profile.name.label("profile"),
         PubsubNode.service.label("service"),
@@ -1001,29 +1121,41 @@ def build_queries(dialect_name: str, request: SearchRequest) -> tuple[Select, Se
         PubsubItem.publisher.label("publisher"),
         PubsubItem.parsed.label("parsed"),
     ]
-    if request.with_payload:
+    if with_payload:
         columns.append(PubsubItem.data.label("payload"))
-    page = (
-        select(*columns)
-        .select_from(PubsubItem)
-        .join(PubsubNode, PubsubNode.id == PubsubItem.node_id)
-        .join(Profile, Profile.id == PubsubNode.profile_id)
-    )
-    score = None
-    if any(key.name == RELEVANCE for key in request.order):
-        assert request.fts is not None
-        # The ranked join (SQLite) or condition (PostgreSQL) is the full-text match.
-        page, score = builder.json.rank(page, request.fts, request.fts_mode)
-        page = page.where(*builder.conditions(request, full_text=False))
-    else:
-        page = page.where(*builder.conditions(request))
-    page = page.order_by(*builder.order(request, score))
-    page = page.offset(request.offset).limit(request.limit)
+    return columns
 
-    count = (
-        select(func.count())
-        .select_from(PubsubItem)
-        .join(PubsubNode, PubsubNode.id == PubsubItem.node_id)
-        .where(*builder.conditions(request))
+
+def build_page_query(
+    dialect_name: str,
+    request: SearchRequest,
+    order: Sequence[OrderKey] | None = None,
+    extra_columns: Sequence[Any] = (),
+) -> Select:
+    """Build the query of one page of ``request``, in ``order`` (default: the request's).
+
+    The columns have the names of the :class:`SearchHit` fields, ``payload``
+    only when ``request.with_payload`` is set, followed by ``extra_columns``.
+    """
+    builder = _QueryBuilder(dialect_name)
+    if order is None:
+        order = request.order
+    with_score = any(key.name == RELEVANCE for key in order)
+    if with_score and request.fts is None:
+        raise AssertionError("relevance order without full-text search passed check_request()")
+    page, score, row_id = builder.matches(
+        request, [*hit_columns(request.with_payload), *extra_columns], with_score
     )
-    return page, count
+    page = page.join(Profile, Profile.id == PubsubNode.profile_id)
+    page = page.order_by(*builder.order(order, score, row_id))
+    return page.offset(request.offset).limit(request.limit)
+
+
+def build_count_query(dialect_name: str, request: SearchRequest, cap: int | None) -> Select:
+    """Build the query counting the matches of ``request``, stopping at ``cap`` (None: all)."""
+    builder = _QueryBuilder(dialect_name)
+    if cap is None:
+        query, _, _ = builder.matches(request, [func.count()])
+        return query
+    query, _, _ = builder.matches(request, [literal(1).label("match")])
+    return select(func.count()).select_from(query.limit(cap).subquery("capped"))

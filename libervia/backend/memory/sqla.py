@@ -72,7 +72,7 @@ from libervia.backend.core.exceptions import (
     ProfileNotFound,
     StorageError,
 )
-from libervia.backend.memory import fulltext, search
+from libervia.backend.memory import fulltext, search, search_execution
 from libervia.backend.memory.sqla_mapping import (
     Profile,
     PubsubItem,
@@ -1449,6 +1449,7 @@ class Storage:
         offset: int = 0,
         limit: int = search.DEFAULT_LIMIT,
         with_payload: bool = False,
+        count_limit: int | None = search.DEFAULT_COUNT_LIMIT,
     ) -> search.SearchResult:
         """Search cached items by full text, node and item filters, and parsed data.
 
@@ -1473,30 +1474,27 @@ class Storage:
         path of parsed data, ``direction`` "asc", "desc" or None (relevance
         best first, other keys ascending). The row id breaks ties. The
         default order is by relevance with ``fts``, else newest created
-        first.
+        first. A search matching more than :data:`search.RELEVANCE_MAX_MATCHES`
+        items replaces relevance by the row id (the storage order).
+
+        ``count_limit`` bounds the count of matches: the total is exact up
+        to it, else a lower bound. None counts every match, at a cost that
+        grows with their number, and 0 skips the count.
 
         Returns the page of at most ``limit`` hits (up to
         :data:`search.MAX_LIMIT`) after ``offset``, each with its payload
-        when ``with_payload`` is set, and the total number of matches.
-        Raises InvalidValue naming an invalid argument.
+        when ``with_payload`` is set, and the count (see
+        :class:`search.SearchResult`). Raises InvalidValue naming an
+        invalid argument.
         """
         request = search.check_request(
             fts=fts, fts_mode=fts_mode, profile_ids=profile_ids, services=services,
             nodes=nodes, types=types, subtypes=subtypes, item_ids=item_ids, filters=filters,
             order_by=order_by, offset=offset, limit=limit, with_payload=with_payload,
+            count_limit=count_limit,
         )
-        page, count = search.build_queries(self.engine.dialect.name, request)
         async with self._session() as session:
-            total = await session.scalar(count) or 0
-            rows = (await session.execute(page)).all() if request.limit else []
-        hits = []
-        for row in rows:
-            fields = dict(row._mapping)
-            # Parsed data is None for the items of a node without a parser.
-            if not isinstance(fields["parsed"], dict):
-                fields["parsed"] = {}
-            hits.append(search.SearchHit(**fields))
-        return search.SearchResult(hits=hits, total=total)
+            return await search_execution.run_search(session, self.engine.dialect.name, request)
 
     # Administration of the pubsub cache.
 

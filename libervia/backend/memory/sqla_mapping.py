@@ -183,6 +183,9 @@ class PubsubItem(Base):
         # ties as in Storage._items_query(), so PostgreSQL needs no sort step.
         Index("ix_pubsub_items_node_id_created_id", "node_id", "created", "id"),
         Index("ix_pubsub_items_node_id_updated_id", "node_id", "updated", "id"),
+        # Searches ordered by time across the nodes of a profile.
+        Index("ix_pubsub_items_created_id", "created", "id"),
+        Index("ix_pubsub_items_updated_id", "updated", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -238,8 +238,9 @@ class PubsubCacheSearch:
 
         ``arguments`` are those of Storage.search_pubsub_items, except
         ``profile_ids``. Returns the hits as JSON objects (see
-        :func:`hit_data`), the total number of matches, the offset, the
-        limit and the names of the profiles searched.
+        :func:`hit_data`), the count (``total``, ``total_exact``), whether
+        relevance was ignored, the offset, the limit and the names of the
+        profiles searched.
         """
         arguments.setdefault("limit", search.DEFAULT_LIMIT)
         arguments.setdefault("offset", 0)
@@ -247,12 +248,14 @@ class PubsubCacheSearch:
             profile_ids=list(profile_names), **arguments
         )
         log.debug(
-            "cache search for profile(s) %s: %d of %d match(es)",
+            "cache search for profile(s) %s: %d of %s match(es)",
             ", ".join(sorted(profile_names.values())), len(result.hits), result.total,
         )
         return {
             "items": [hit_data(hit) for hit in result.hits],
             "total": result.total,
+            "total_exact": result.total_exact,
+            "relevance_ignored": result.relevance_ignored,
             "offset": arguments["offset"],
             "limit": arguments["limit"],
             "profiles": sorted(profile_names.values()),
@@ -272,12 +275,16 @@ class PubsubCacheSearch:
         offset: int | None = None,
         limit: int | None = None,
         payload: bool = False,
+        count_limit: int | None = None,
+        exact_count: bool = False,
         profile: str | None = None,
     ) -> dict[str, Any]:
         """Search the cached items of the calling profile.
 
         ``fts`` is full-text search in ``fts_mode`` (words, phrase or
-        prefix); ``payload`` adds each item's XML. See the module docstring
+        prefix); ``payload`` adds each item's XML. ``count_limit`` bounds
+        the count (default :data:`search.DEFAULT_COUNT_LIMIT`, 0: no count),
+        ``exact_count`` counts every match instead. See the module docstring
         for ``filters``, ``order_by`` and dates. Raises InvalidValue naming
         an invalid argument, ProfileNotFound for an unknown profile.
         """
@@ -285,7 +292,7 @@ class PubsubCacheSearch:
             await self._profile_names(None, profile), fts=fts, fts_mode=fts_mode,
             filters=filters, order_by=order_by, services=services, nodes=nodes,
             types=types, subtypes=subtypes, item_ids=item_ids, offset=offset,
-            limit=limit, payload=payload,
+            limit=limit, payload=payload, count_limit=count_limit, exact_count=exact_count,
         )
 
     async def _bridge_search_all_profiles(
@@ -325,9 +332,22 @@ class PubsubCacheSearch:
         offset: int | None = None,
         limit: int | None = None,
         payload: bool = False,
+        count_limit: int | None = None,
+        exact_count: bool = False,
     ) -> dict[str, Any]:
         if not isinstance(payload, bool):
             raise InvalidValue(f"payload must be true or false, not {payload!r}")
+        if not isinstance(exact_count, bool):
+            raise InvalidValue(f"exact_count must be true or false, not {exact_count!r}")
+        if exact_count and count_limit is not None:
+            raise InvalidValue(
+                "give count_limit or exact_count, not both: exact_count counts every match"
+            )
+        checked_count_limit: int | None = _integer(
+            count_limit, "count_limit", search.DEFAULT_COUNT_LIMIT
+        )
+        if exact_count:
+            checked_count_limit = None
         return await self.search(
             profile_names,
             fts=fts,
@@ -342,4 +362,5 @@ class PubsubCacheSearch:
             offset=_integer(offset, "offset", 0),
             limit=_integer(limit, "limit", search.DEFAULT_LIMIT),
             with_payload=payload,
+            count_limit=checked_count_limit,
         )

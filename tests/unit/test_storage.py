@@ -65,12 +65,14 @@ def recorded_statements(storage: Storage) -> Iterator[list[tuple[str, int]]]:
     ) -> None:
         statements.append((statement, len(parameters) if executemany else 1))
 
-    sync_engine = storage.engine.sync_engine
-    event.listen(sync_engine, "before_cursor_execute", record)
+    engines = storage.statement_engines()
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         yield statements
     finally:
-        event.remove(sync_engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
 
 
 @pytest_twisted.async_fixture

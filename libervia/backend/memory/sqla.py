@@ -25,12 +25,12 @@ import hashlib
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -39,6 +39,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Engine,
     Select,
     Table,
     delete,
@@ -46,10 +47,12 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    create_engine,
     tuple_,
     update,
 )
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
@@ -83,6 +86,8 @@ from libervia.backend.memory.sqla_mapping import (
 from libervia.backend.tools.aio import aio
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Alembic finds the migration scripts as package data, so no alembic.ini is
 # needed at runtime.
@@ -402,6 +407,10 @@ class Storage:
         # opened on first use by read_items_xml_now.
         self._inline_reader: sqlite3.Connection | None = None
         self._inline_reader_failed = False
+        # Synchronous engine of the SQLite file for writes run in one worker
+        # thread call (see _write), created on first use.
+        self._thread_engine: Engine | None = None
+        self._thread_write_options: Engine | None = None
         # (attribute, column, result processor) of pubsub_nodes, for inline reads.
         self._inline_node_columns: list[tuple[str, str, Any]] | None = None
 
@@ -597,6 +606,9 @@ class Storage:
         if self._inline_reader is not None:
             self._inline_reader.close()
             self._inline_reader = None
+        if self._thread_engine is not None:
+            self._thread_engine.dispose()
+            self._thread_engine = self._thread_write_options = None
         self._engine = None
         self._read_sessions = None
         self._write_sessions = None
@@ -621,16 +633,73 @@ class Storage:
         try:
             async with sessions() as session, session.begin():
                 yield session
-        except IntegrityError as exc:
-            if integrity_error is not None:
-                raise integrity_error from exc
-            raise StorageError(
-                f"database {self.display_name} rejected the change: {exc.orig}"
-            ) from exc
         except DBAPIError as exc:
-            raise StorageError(
-                f"database {self.display_name} operation failed: {exc.orig}"
-            ) from exc
+            raise self._database_error(exc, integrity_error) from exc
+
+    def _database_error(
+        self, exc: DBAPIError, integrity_error: BackendError | None = None,
+    ) -> BackendError:
+        """Return the error to raise for a database error (see _session)."""
+        if isinstance(exc, IntegrityError):
+            if integrity_error is not None:
+                return integrity_error
+            return StorageError(f"database {self.display_name} rejected the change: {exc.orig}")
+        return StorageError(f"database {self.display_name} operation failed: {exc.orig}")
+
+    async def _write(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in a write transaction, committed when it returns; return its result.
+
+        ``work`` takes a synchronous Session. On an SQLite file the whole
+        transaction runs in one call to a worker thread, through a
+        synchronous engine of the same file. Through aiosqlite, each
+        statement, the BEGIN and the COMMIT would each be a round trip
+        between threads, and each return waits for its turn on the event
+        loop, behind the requests of busy frontends. Other databases run
+        ``work`` on the async engine (``AsyncSession.run_sync``). Database
+        errors become StorageError.
+        """
+        engine = self._thread_write_engine()
+        if engine is None:
+            async with self._session(write=True) as session:
+                return await session.run_sync(work)
+
+        def run() -> T:
+            with Session(engine, expire_on_commit=False) as session, session.begin():
+                return work(session)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, run)
+        except DBAPIError as exc:
+            raise self._database_error(exc) from exc
+
+    def statement_engines(self) -> list[Engine]:
+        """Return the synchronous engines that run this storage's statements.
+
+        For instrumentation (statement events in tests and profiles): the
+        async engine's ``sync_engine``, and on an SQLite file the engine of
+        the writes run in a worker thread.
+        """
+        engines = [self.engine.sync_engine]
+        if self._thread_write_engine() is not None:
+            engines.append(self._thread_engine)
+        return engines
+
+    def _thread_write_engine(self) -> Engine | None:
+        """Return the synchronous engine of _write, None when the database is not an SQLite file."""
+        if self._engine is None:
+            raise self._not_open_error()
+        path = self.sqlite_path
+        if path is None:
+            return None
+        if self._thread_write_options is None:
+            engine = create_engine(URL.create("sqlite", database=str(path)), hide_parameters=True)
+            event.listen(engine, "connect", _on_sqlite_connect)
+            event.listen(engine, "begin", _on_sqlite_begin)
+            self._thread_engine = engine
+            self._thread_write_options = engine.execution_options(
+                **{BEGIN_MODE_OPTION: "IMMEDIATE"}
+            )
+        return self._thread_write_options
 
     def _insert(self, table: Table) -> Insert:
         """Return an INSERT of the engine's dialect, which supports ON CONFLICT."""
@@ -975,17 +1044,17 @@ class Storage:
             text = fulltext.item_text(xml)
             texts.append((text, fulltext.search_text(text) if with_search_text else None))
 
-        async with self._session(write=True) as session:
-            if await session.scalar(select(PubsubNode.id).where(PubsubNode.id == node_id)) is None:
+        def write(session: Session) -> None:
+            if session.scalar(select(PubsubNode.id).where(PubsubNode.id == node_id)) is None:
                 raise NotFound(f"pubsub node {node_id} not found in the cache")
 
             # No other writer may insert a later time between this read and the
             # insert below: SQLite holds its write lock from BEGIN IMMEDIATE,
             # PostgreSQL takes a lock of the node until the commit.
             if self.engine.dialect.name == "postgresql":
-                await session.execute(select(func.pg_advisory_xact_lock(NODE_LOCK_SPACE, node_id)))
+                session.execute(select(func.pg_advisory_xact_lock(NODE_LOCK_SPACE, node_id)))
             latest_created, latest_updated = (
-                await session.execute(
+                session.execute(
                     select(func.max(PubsubItem.created), func.max(PubsubItem.updated)).where(
                         PubsubItem.node_id == node_id
                     )
@@ -1014,7 +1083,9 @@ class Storage:
                     }
                 )
             # One statement executed for all the rows ("executemany").
-            await session.execute(statement, rows)
+            session.execute(statement, rows)
+
+        await self._write(write)
 
     @aio
     async def delete_pubsub_items(self, node_id: int, item_ids: Sequence[str] | None = None) -> int:
@@ -1027,9 +1098,7 @@ class Storage:
             if not item_ids:
                 return 0
             query = query.where(PubsubItem.name.in_(item_ids))
-        async with self._session(write=True) as session:
-            result = await session.execute(query)
-            return result.rowcount
+        return await self._write(lambda session: session.execute(query).rowcount)
 
     @aio
     async def evict_pubsub_items(self, node_id: int, keep: int) -> list[str]:

@@ -10,8 +10,9 @@ would take hours.
 
 Each query of :func:`make_queries` runs through
 ``Storage.search_pubsub_items`` (the ``ps_cache_search`` bridge method
-calls it the same way) with a limit of 20, which also counts every match.
-PostgreSQL gets an ``ANALYZE`` after each fill, as autovacuum would run
+calls it the same way) with a limit of 20 and the default count limit
+(``search.DEFAULT_COUNT_LIMIT``, 1,000): the count stops after that many
+matches, and a larger total is reported as a lower bound. PostgreSQL gets an ``ANALYZE`` after each fill, as autovacuum would run
 within a minute. The backend runs no ``ANALYZE`` on SQLite, so neither does
 the benchmark.
 """

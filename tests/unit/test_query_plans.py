@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
+
+import re
 
 import pytest
 import pytest_twisted
 from sqlalchemy import Select, insert, select
 
+from libervia.backend.memory import search
 from libervia.backend.memory.sqla import Storage
 from libervia.backend.memory.sqla_mapping import PubsubItem, PubsubNode
 from libervia.backend.tools.aio import as_deferred
@@ -27,6 +31,12 @@ ITEMS_PER_NODE = 2000
 BATCH_SIZE = 500
 FILLER_NODES = 2000
 PAGE_SIZE = 20
+COMMON_TAG = "xmpp"
+RARE_TAG = "rare"
+# Items of OTHER_NODE with RARE_TAG: 4 of its 2,000.
+RARE_TAG_INTERVAL = 500
+# 2024-01-01T00:00:00Z, in seconds since the epoch.
+FIRST_PUBLISHED = 1_704_067_200
 
 
 @dataclass
@@ -55,6 +65,20 @@ class PlanDatabase:
         return [str(row[-1]).strip() for row in rows]
 
 
+def parsed_data(node_id: int, tagged_node_id: int, index: int) -> dict[str, Any]:
+    """Return the parsed data of item ``index`` of a node.
+
+    The items of ``tagged_node_id`` have a publication date and COMMON_TAG,
+    and a few of them have RARE_TAG too.
+    """
+    if node_id != tagged_node_id:
+        return {"index": index}
+    tags = [COMMON_TAG]
+    if index % RARE_TAG_INTERVAL == 0:
+        tags.append(RARE_TAG)
+    return {"index": index, "published": FIRST_PUBLISHED + index * 60, "tags": tags}
+
+
 async def load_data_set(storage: Storage) -> PlanDatabase:
     """Fill ``storage`` with the data set of the module and refresh the planner statistics."""
     profile = await storage.create_profile("alice", "alice@example.org", "secret")
@@ -65,7 +89,7 @@ async def load_data_set(storage: Storage) -> PlanDatabase:
             await storage.cache_pubsub_items(
                 node_id,
                 [
-                    (f"item-{index}", f'<item id="item-{index}"/>', {"index": index}, None)
+                    (f"item-{index}", f'<item id="item-{index}"/>', parsed_data(node_id, other.id, index), None)
                     for index in range(start, start + BATCH_SIZE)
                 ],
             )
@@ -100,6 +124,22 @@ async def database(module_db_url: str) -> AsyncIterator[PlanDatabase]:
         yield await load_data_set(storage)
     finally:
         await storage.close()
+
+
+def tag_search(tag: str) -> search.SearchRequest:
+    """Return the search of the items tagged ``tag``, newest published first."""
+    return search.check_request(
+        filters=[(["tags"], "overlap", [tag])],
+        order_by=[(["published"], "desc")],
+        limit=PAGE_SIZE,
+    )
+
+
+def estimated_rows(plan: list[str]) -> int:
+    """Return the row estimate of the top node of a PostgreSQL plan."""
+    match = re.search(r" rows=(\d+) ", plan[0])
+    assert match is not None, f"no row estimate in {plan[0]!r}"
+    return int(match.group(1))
 
 
 def scanned_tables(engine_name: str, plan: list[str]) -> list[str]:
@@ -204,3 +244,48 @@ class QueryPlanTests:
         # Guards the other tests: on a small table, a scan would be a fair plan.
         assert await database.storage.count_pubsub_items(database.node_id) == ITEMS_PER_NODE
         assert len(await database.storage.get_pubsub_nodes(database.profile_id)) == 2 + FILLER_NODES
+
+
+class SearchPlanTests:
+    """Plans of the searches on parsed data (Storage.search_pubsub_items)."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_frequent_tag_newest_page(self, database: PlanDatabase) -> None:
+        # Half of the items match, so reading the published index backwards stops
+        # after one page, while the other plans read and sort every match.
+        query = search.build_page_query(database.engine_name, tag_search(COMMON_TAG))
+
+        plan = await as_deferred(database.explain(query))
+
+        assert uses_index(database.engine_name, plan, "ix_pubsub_items_parsed_published")
+        assert sort_steps(database.engine_name, plan) == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_rare_tag_uses_gin_index(self, database: PlanDatabase) -> None:
+        if database.engine_name != "postgresql":
+            pytest.skip("SQLite has no index on the elements of lists")
+        query = search.build_page_query(database.engine_name, tag_search(RARE_TAG))
+
+        plan = await as_deferred(database.explain(query))
+
+        assert not any("on pubsub_items" in line for line in scanned_tables(database.engine_name, plan))
+        assert uses_index(database.engine_name, plan, "ix_pubsub_items_parsed")
+
+    @pytest_twisted.ensureDeferred
+    async def test_frequent_tag_estimate(self, database: PlanDatabase) -> None:
+        # The planner chooses between walking an ordered index and reading
+        # every match from the GIN index by this estimate. A condition on
+        # expressions without statistics divided it by hundreds.
+        if database.engine_name != "postgresql":
+            pytest.skip("SQLite's plans do not print row estimates")
+        matches_query = (
+            search.build_page_query(database.engine_name, tag_search(COMMON_TAG))
+            .order_by(None)
+            .limit(None)
+            .offset(None)
+        )
+
+        plan = await as_deferred(database.explain(matches_query))
+
+        # Every item of OTHER_NODE has the tag.
+        assert estimated_rows(plan) >= ITEMS_PER_NODE // 2

@@ -120,11 +120,11 @@ RSM_FEATURES = frozenset({f"{NS_PUBSUB}#rsm", NS_RSM})
 MAX_ITEMS_UNLIMITED = "max"
 
 # Number of the node's syncs in a row during which the profile's stream was
-# lost, stored in the node's extra. Twisted 26.10 closes a stream on a stanza
-# over 10 MiB or 100,000 elements, so a node whose full items result is that
-# large (about 8,000 items on Prosody 0.12, which ignores RSM) loses the
-# stream at every sync. From MAX_SYNC_STREAM_LOSSES on, the node is not
-# synced again at each connection, which would loop forever.
+# lost, stored in the node's extra. A stream closes on a stanza over its
+# per-stanza limits ([xmpp] max_stanza_size and max_stanza_elements), so a
+# node whose items result or disco#items listing is larger loses the stream
+# at every sync. From MAX_SYNC_STREAM_LOSSES on, the node is not synced again
+# at each connection, which would loop forever.
 EXTRA_STREAM_LOSSES = "sync_stream_losses"
 MAX_SYNC_STREAM_LOSSES = 2
 

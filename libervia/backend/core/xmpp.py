@@ -52,9 +52,9 @@ DEFAULT_IQ_TIMEOUT = 60.0
 # Per-stanza limits of the streams' XML parser. Twisted 26.10 closes a stream
 # on a stanza over 10 MiB or 100,000 elements (ExpatElementStream in
 # twisted/words/xish/domish.py). A pubsub service without RSM (Prosody 0.12)
-# lists a node's item ids in one disco#items result of one element per item,
-# and these defaults let a listing of 200,000 ids through: with ids and a
-# service JID of about 40 characters each, it is about 20 MB (an estimate).
+# lists a node's item ids in one disco#items result of one element per item.
+# These defaults let a listing of 200,000 ids through. With ids and a service
+# JID of about 40 characters each, it is about 20 MB (an estimate).
 DEFAULT_MAX_STANZA_SIZE = 32 * 1024 * 1024
 DEFAULT_MAX_STANZA_ELEMENTS = 250_000
 

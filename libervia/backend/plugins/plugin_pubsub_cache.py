@@ -1241,7 +1241,7 @@ class PubsubCache:
         read_orders = self._service_read_orders.setdefault(service.full(), {})
         newest_first = read_orders.get(EXTRA_NEWEST_FIRST)
         if newest_first is not None:
-            # One more item than a batch tells whether the node fits in one.
+            # One more item than a batch shows whether the node fits in one.
             items, _ = await self._p.get_items(
                 client, service, node, max_items=size + 1, extra=extra
             )

@@ -7,7 +7,9 @@ name starts with ``cache-rsm-``.
 
 - ejabberd 23.01 (SQL pubsub storage) pages items: a 250-item node is
   fetched in pages of 100.
-- Prosody 0.12 ignores RSM on items: the first request returns every item.
+- Prosody 0.12 ignores RSM on items and does not announce it: the cache
+  lists the node's item ids with disco#items and fetches the items by id,
+  100 per request.
 
 ejabberd's RSM ``first``/``last`` values are creation timestamps while the
 cache's are item ids, so the cache's results are compared with ejabberd's
@@ -124,13 +126,15 @@ class SyncTests:
     ) -> None:
         _, _, iq_sent = big_node
 
-        # One subscription, then 3 pages of 100 on ejabberd or one request
-        # returning every item on Prosody. Then the configuration request,
-        # rejected because bob is not an owner, and the metadata request, both
-        # reading max_items. Last, as this is the first sync on the service,
-        # the max_items and item ids requests that show the orders of those
-        # results.
-        assert iq_sent == (8 if session.is_ejabberd else 6)
+        # One subscription and the service's features (disco#info), then 3
+        # pages of 100 on ejabberd. On Prosody, which does not announce RSM:
+        # the disco#items listing of the ids, a max_items request that shows
+        # the listing's order, and 3 requests of 100 item ids. Then the
+        # configuration request, rejected because bob is not an owner, and
+        # the metadata request, both reading max_items. Last, as this is the
+        # first sync on the service, the max_items and item ids requests that
+        # show the orders of those results.
+        assert iq_sent == (9 if session.is_ejabberd else 11)
 
     @pytest_twisted.ensureDeferred
     async def test_served_from_cache(
@@ -301,9 +305,12 @@ class SyncRecorder:
         self, client: Any, service: Any, node: str, max_items: Any, item_ids: Any,
         extra: dict[str, Any], items: list[Any], metadata: dict[str, Any],
     ) -> None:
+        # The sync's pages are the full or RSM requests (ejabberd) and the
+        # item ids requests of more than 2 ids (Prosody): the requests that
+        # learn a service's read orders ask for 2 items.
         if (
             node == self.node and client.profile == "bob" and max_items is None
-            and not item_ids and not extra.get("use_cache", True)
+            and len(item_ids or ()) != 2 and not extra.get("use_cache", True)
         ):
             self.responses.append([weakref.ref(item) for item in items])
 
@@ -327,11 +334,11 @@ class StreamedSyncTests:
             await recorder.start()
             await session.cache.wait_syncs()
 
-        # ejabberd sends pages of 100; Prosody sends every item at once, and
-        # the cache stores them in batches of the page size.
+        # ejabberd sends RSM pages of 100, Prosody the items of 100 ids per
+        # request.
         assert recorder.batches == [100, 100, 50]
         progress = [s["items"] for s in recorder.signals if s["state"] == "IN_PROGRESS"]
-        assert progress == ([0, 100, 200, 250] if session.is_ejabberd else [0, 250])
+        assert progress == [0, 100, 200, 250]
         assert recorder.states()[-1] == "COMPLETED"
         assert await cached_ids(session, node) == (SyncState.COMPLETED, ids)
 
@@ -343,25 +350,20 @@ class StreamedSyncTests:
             await recorder.start()
             await session.cache.wait_syncs()
 
-        pages = 3 if session.is_ejabberd else 1
+        pages = 3
         assert len(recorder.responses) == pages
-        if session.is_ejabberd:
-            # After each page, the items of that page and of the pages before
-            # it are gone; only the next page, requested ahead, may be alive.
-            # Prosody's single response is alive until its last batch is stored.
-            for handled, alive in enumerate(recorder.alive_at_signals[:pages], start=1):
-                assert alive[:handled] == [0] * handled
+        # After each page, the items of that page and of the pages before it
+        # are gone; only the next page, requested ahead, may be alive.
+        for handled, alive in enumerate(recorder.alive_at_signals[:pages], start=1):
+            assert alive[:handled] == [0] * handled
         assert recorder.alive_at_signals[-1] == [0] * pages
 
     @pytest_twisted.ensureDeferred
     async def test_stream_lost_then_reconciled(self, session: Session) -> None:
         """The stream drops after the first stored batch; the reconnection completes the node.
 
-        On ejabberd the fetch of the next pages fails. Prosody 0.12 sent every
-        item in one response, so its batches are all stored; the sync then
-        fails if it still has requests to send (the node's configuration, the
-        read orders the daemon has not learned yet), or completes. Either way
-        the reconnection reconciles the node.
+        The fetch of the next pages (ejabberd) or item ids batches (Prosody)
+        fails, and the reconnection reconciles the node.
         """
         node, ids = await session.new_node(ITEM_COUNT)
         bob = session.client("bob")
@@ -389,11 +391,68 @@ class StreamedSyncTests:
         states = recorder.states()
         assert states[-1] == "COMPLETED"
         assert states.count("COMPLETED") + states.count("ERROR") >= 2, states
-        if session.is_ejabberd:
-            assert "ERROR" in states
-        # The first sync stopped after its first page (ejabberd) or after
-        # storing every batch (Prosody), and the reconciliation wrote only
-        # the other items.
+        assert "ERROR" in states
+        # The first sync stopped after its first page, and the
+        # reconciliation wrote only the other items.
         assert recorder.batches[0] == SYNC_PAGE_SIZE
         assert sum(recorder.batches) == ITEM_COUNT
         assert await cached_ids(session, node) == (SyncState.COMPLETED, ids)
+
+
+async def live_ids(session: Session, node: str) -> list[str]:
+    """Return the item ids of the service's full items result, as bob gets it."""
+    items, _ = await session.pubsub.get_items(
+        session.client("bob"), session.service, node, extra={"use_cache": False}
+    )
+    return [item["id"] for item in items]
+
+
+async def edit(session: Session, node: str, item_ids: list[str], text: str) -> None:
+    """Publish new versions of items as alice."""
+    for item_id in item_ids:
+        item = domish.Element((NS_PUBSUB, "item"))
+        item["id"] = item_id
+        item.addElement((NS_TEST, "entry"), content=text)
+        await session.pubsub.publish(session.client("alice"), session.service, node, [item])
+
+
+class ServiceOrderTests:
+    """Nodes larger than a page are stored exactly in the order of the service's full result.
+
+    Prosody 0.12 orders items by their last modification, so edits before
+    the sync move items, and the cache fetches them by item ids in batches.
+    """
+
+    @pytest_twisted.ensureDeferred
+    async def test_first_sync_after_edits(self, session: Session) -> None:
+        node, ids = await session.new_node(ITEM_COUNT)
+        await edit(session, node, [ids[3], ids[150], ids[0]], "edited before the sync")
+
+        with SyncRecorder(session, node) as recorder:
+            await recorder.start()
+            await session.cache.wait_syncs()
+        state, stored = await cached_ids(session, node)
+
+        assert state == SyncState.COMPLETED
+        assert recorder.batches == [100, 100, 50]
+        assert stored == await live_ids(session, node)
+
+    @pytest_twisted.ensureDeferred
+    async def test_reconciliation_after_offline_edits(self, session: Session) -> None:
+        node, ids, _ = await session.synced_node(ITEM_COUNT)
+        alice = session.client("alice")
+
+        await session.backend.disconnect_profile("bob")
+        await edit(session, node, [ids[10], ids[200]], "edited offline")
+        # Both servers take one item per retract request.
+        for item_id in (ids[5], ids[120]):
+            await session.pubsub.retract_items(alice, session.service, node, [item_id])
+        await edit(session, node, ["item-new-1", "item-new-2"], "published offline")
+        await session.connect("bob")
+        await session.cache.wait_syncs()
+        state, stored = await cached_ids(session, node)
+        live = await live_ids(session, node)
+
+        assert state == SyncState.COMPLETED
+        assert len(live) == ITEM_COUNT
+        assert stored == live

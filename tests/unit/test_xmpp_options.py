@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet.testing import StringTransport
+from twisted.words.protocols.jabber import xmlstream as jabber_xmlstream
+from twisted.words.xish import domish
 
 from libervia.backend.core.exceptions import ConfigError
 from libervia.backend.core.xmpp import (
@@ -12,6 +15,7 @@ from libervia.backend.core.xmpp import (
     DEFAULT_IQ_TIMEOUT,
     DEFAULT_PORT,
     ConnectionOptions,
+    CountingXmlStream,
 )
 
 
@@ -246,3 +250,71 @@ class ReconnectOptionsTests:
             ConnectionOptions.from_mapping(
                 {"reconnect_initial_delay": "10", "reconnect_max_delay": "5"}
             )
+
+
+class StanzaLimitTests:
+    """max_stanza_size and max_stanza_elements, applied to each stream's parser."""
+
+    @pytest.mark.parametrize("key", ["max_stanza_size", "max_stanza_elements"])
+    def test_valid(self, key: str) -> None:
+        options = ConnectionOptions.from_mapping({key: "1000"})
+
+        assert getattr(options, key) == 1000
+
+    @pytest.mark.parametrize("key", ["max_stanza_size", "max_stanza_elements"])
+    @pytest.mark.parametrize("value", ["0", "-5", "big", "1.5", True])
+    def test_invalid(self, key: str, value: Any) -> None:
+        with pytest.raises(ConfigError) as info:
+            ConnectionOptions.from_mapping({key: value})
+
+        assert f"invalid {key} {value!r}" in str(info.value)
+
+    def test_defaults_above_twisted(self) -> None:
+        options = ConnectionOptions()
+
+        assert options.max_stanza_size > domish.ExpatElementStream.maxStanzaSize
+        # A disco#items listing of 200,000 item ids, plus its iq and query.
+        assert options.max_stanza_elements >= 200_002
+
+    @staticmethod
+    def _stream(max_elements: int) -> tuple[CountingXmlStream, StringTransport]:
+        xs = CountingXmlStream(jabber_xmlstream.Authenticator())
+        xs.max_stanza_elements = max_elements
+        transport = StringTransport()
+        xs.makeConnection(transport)
+        xs.dataReceived(
+            b"<stream:stream xmlns='jabber:client' "
+            b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+        )
+        return xs, transport
+
+    @staticmethod
+    def _listing(count: int) -> bytes:
+        items = b"".join(b"<item jid='pubsub.example.org' name='%d'/>" % i for i in range(count))
+        return (
+            b"<iq type='result' id='1'><query xmlns='http://jabber.org/protocol/disco#items'>"
+            + items + b"</query></iq>"
+        )
+
+    def test_limit_set_on_parser_only(self) -> None:
+        xs, _ = self._stream(max_elements=150_000)
+
+        assert xs.stream.maxElementCount == 150_000
+        assert domish.ExpatElementStream.maxElementCount == 100_000
+
+    def test_stanza_within_limit_received(self) -> None:
+        xs, transport = self._stream(max_elements=150_000)
+        received: list[domish.Element] = []
+        xs.addObserver("/iq", received.append)
+
+        xs.dataReceived(self._listing(120_000))
+
+        assert len(received) == 1
+        assert not transport.disconnecting
+
+    def test_stanza_over_limit_closes_stream(self) -> None:
+        xs, transport = self._stream(max_elements=50)
+
+        xs.dataReceived(self._listing(60))
+
+        assert transport.disconnecting

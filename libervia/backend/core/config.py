@@ -9,8 +9,9 @@ The file is ``libervia.conf`` in the XDG config directory (see
     Connection defaults for every profile, overridden by the profile's own
     options: ``host``, ``port``, ``ca_file``, ``allow_plaintext``,
     ``direct_tls`` and ``sasl_mechanisms``; and, for every profile,
-    ``connect_timeout`` and ``iq_timeout`` (seconds) and the reconnection
-    policy ``reconnect_initial_delay``, ``reconnect_factor``,
+    ``connect_timeout`` and ``iq_timeout`` (seconds), the largest stanza
+    accepted, ``max_stanza_size`` (bytes) and ``max_stanza_elements``, and the
+    reconnection policy ``reconnect_initial_delay``, ``reconnect_factor``,
     ``reconnect_max_delay`` and ``reconnect_jitter``.
 ``[presence]``
     ``auto_accept``: which presence subscription requests are approved:

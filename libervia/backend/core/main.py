@@ -38,7 +38,7 @@ PROFILE_OPTION_KEYS = (
 #: Connection options read from the [xmpp] section only, for every profile.
 CONFIG_ONLY_OPTION_KEYS = (
     "connect_timeout", "iq_timeout", "reconnect_initial_delay", "reconnect_factor",
-    "reconnect_max_delay", "reconnect_jitter",
+    "reconnect_max_delay", "reconnect_jitter", "max_stanza_size", "max_stanza_elements",
 )
 #: Profile param set to true for an XMPP component (XEP-0114) profile. Unlike
 #: the keys above, the [xmpp] section cannot set it.

@@ -49,6 +49,14 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 5222
 DEFAULT_CONNECT_TIMEOUT = 20.0
 DEFAULT_IQ_TIMEOUT = 60.0
+# Per-stanza limits of the streams' XML parser. Twisted 26.10 closes a stream
+# on a stanza over 10 MiB or 100,000 elements (ExpatElementStream in
+# twisted/words/xish/domish.py). A pubsub service without RSM (Prosody 0.12)
+# lists a node's item ids in one disco#items result of one element per item.
+# These defaults let a listing of 200,000 ids through. With ids and a service
+# JID of about 40 characters each, it is about 20 MB (an estimate).
+DEFAULT_MAX_STANZA_SIZE = 32 * 1024 * 1024
+DEFAULT_MAX_STANZA_ELEMENTS = 250_000
 
 # Trigger point run with (client, presence element) before the initial
 # presence of a stream is sent.
@@ -120,6 +128,19 @@ def _parse_number(name: str, value: Any, minimum: float, inclusive: bool) -> flo
     return number
 
 
+def _parse_positive_int(name: str, value: Any) -> int:
+    """Read an option that must be an integer of 1 or more."""
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ConfigError(f"invalid {name} {value!r}: use an integer of 1 or more")
+    return number
+
+
 @dataclass
 class ConnectionOptions:
     """Connection settings of a profile; unset values come from the JID's domain.
@@ -143,6 +164,10 @@ class ConnectionOptions:
     reconnect_factor: float = BackoffPolicy.factor
     reconnect_max_delay: float = BackoffPolicy.max_delay
     reconnect_jitter: float = BackoffPolicy.jitter
+    #: Largest stanza received, in bytes, and in elements; a larger one
+    #: closes the stream.
+    max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE
+    max_stanza_elements: int = DEFAULT_MAX_STANZA_ELEMENTS
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "ConnectionOptions":
@@ -182,6 +207,9 @@ class ConnectionOptions:
                         f"invalid {key} {values[key]!r}: use a positive number of seconds"
                     )
                 setattr(options, key, seconds)
+        for key in ("max_stanza_size", "max_stanza_elements"):
+            if values.get(key) not in (None, ""):
+                setattr(options, key, _parse_positive_int(key, values[key]))
         options._read_reconnect_values(values)
         return options
 
@@ -230,6 +258,20 @@ class CountingXmlStream(xmlstream.XmlStream):
         self.stats: dict[str, int] | None = None
         #: SASL mechanism used on this stream, set by the SASL initializer.
         self.sasl_mechanism: str | None = None
+        #: Per-stanza limits of this stream's parser, in bytes and elements;
+        #: None keeps Twisted's.
+        self.max_stanza_size: int | None = None
+        self.max_stanza_elements: int | None = None
+
+    def _initializeStream(self) -> None:
+        # Twisted builds a new parser at the stream start and at each stream
+        # restart (after STARTTLS and SASL), so the limits are set on each
+        # parser instance, leaving the class defaults of other streams alone.
+        super()._initializeStream()
+        if self.max_stanza_size is not None:
+            self.stream.maxStanzaSize = self.max_stanza_size
+        if self.max_stanza_elements is not None:
+            self.stream.maxElementCount = self.max_stanza_elements
 
     def send(self, obj: domish.Element | str) -> None:
         if self.stats is not None and isinstance(obj, domish.Element):
@@ -286,6 +328,12 @@ class _ClientFactory(xish_xmlstream.XmlStreamFactoryMixin, protocol.ClientFactor
         super().__init__(authenticator)
         self.authenticator = authenticator
         self.client = client
+
+    def buildProtocol(self, addr: Any) -> CountingXmlStream:
+        xs = super().buildProtocol(addr)
+        xs.max_stanza_size = self.client.options.max_stanza_size
+        xs.max_stanza_elements = self.client.options.max_stanza_elements
+        return xs
 
     def clientConnectionFailed(self, connector: Any, reason: failure.Failure) -> None:
         self.client._on_connection_failed(reason)

@@ -46,7 +46,7 @@ from libervia.backend.core.exceptions import (
 )
 from libervia.backend.memory.sqla import ItemsPage, StoredItemState, item_digest
 from libervia.backend.memory.sqla_mapping import SyncState
-from libervia.backend.plugins.plugin_xep_0059 import RSMRequest, RSMResponse
+from libervia.backend.plugins.plugin_xep_0059 import NS_RSM, RSMRequest, RSMResponse
 from libervia.backend.plugins.plugin_xep_0060 import (
     EVENT_CONFIGURATION,
     EVENT_DELETE,
@@ -109,14 +109,22 @@ EXTRA_NEWEST_FIRST = "max_items_newest_first"
 # True when the service returns the items of an item ids request in the order
 # of the request (Prosody 0.12), False when in its item order (ejabberd 23.01).
 EXTRA_IDS_IN_REQUEST_ORDER = "item_ids_in_request_order"
+# Key of _service_read_orders, never stored: True when the service lists a
+# node's item ids (disco#items) in the reverse order of its full items result
+# (Prosody 0.12), False when in the same order.
+LISTING_REVERSED = "item_ids_listing_reversed"
+# Features a pubsub service announces when it pages items with RSM: XEP-0060
+# names the pubsub#rsm feature, and ejabberd 23.01 with SQL storage announces
+# the RSM namespace instead. Prosody 0.12 announces neither.
+RSM_FEATURES = frozenset({f"{NS_PUBSUB}#rsm", NS_RSM})
 MAX_ITEMS_UNLIMITED = "max"
 
 # Number of the node's syncs in a row during which the profile's stream was
-# lost, stored in the node's extra. Twisted 26.10 closes a stream on a stanza
-# over 10 MiB or 100,000 elements, so a node whose full items result is that
-# large (about 8,000 items on Prosody 0.12, which ignores RSM) loses the
-# stream at every sync. From MAX_SYNC_STREAM_LOSSES on, the node is not
-# synced again at each connection, which would loop forever.
+# lost, stored in the node's extra. A stream closes on a stanza over its
+# per-stanza limits ([xmpp] max_stanza_size and max_stanza_elements), so a
+# node whose items result or disco#items listing is larger loses the stream
+# at every sync. From MAX_SYNC_STREAM_LOSSES on, the node is not synced again
+# at each connection, which would loop forever.
 EXTRA_STREAM_LOSSES = "sync_stream_losses"
 MAX_SYNC_STREAM_LOSSES = 2
 
@@ -1098,9 +1106,11 @@ class PubsubCache:
     ) -> bool:
         """Fetch every item of a node, oldest first, and hand each page to ``handle_page``.
 
-        The first request is for an RSM page. A service that ignores RSM
-        (Prosody 0.12) sends every item back, handed over in batches of
-        ``sync_page_size``, after one progress signal. Otherwise pages follow,
+        A service that does not announce RSM for pubsub (Prosody 0.12) is
+        fetched by :meth:`_fetch_by_item_ids`. For the others, the first
+        request is for an RSM page. A service that ignores RSM all the same
+        sends every item back, handed over in batches of ``sync_page_size``,
+        after one progress signal. Otherwise pages follow,
         each one after the ``last`` key of the previous one, until the reported count is
         reached, a page has no ``last``, or a page repeats item ids. The
         next page is requested before ``handle_page`` runs, so the network
@@ -1114,6 +1124,9 @@ class PubsubCache:
         """
         limit = self.max_items_per_node
         extra = {"use_cache": False}
+        if not await self._service_pages_items(client, service):
+            await self._fetch_by_item_ids(client, service, node, handle_page)
+            return True
         try:
             items, metadata = await self._p.get_items(
                 client, service, node, extra=extra,
@@ -1193,6 +1206,166 @@ class PubsubCache:
         # 23.01 return forward pages. A service returning them newest first
         # would get its items stored in the wrong order.
         return True
+
+    async def _service_pages_items(self, client: Any, service: JID) -> bool:
+        """Tell whether a service announces RSM (one of RSM_FEATURES).
+
+        A service whose features cannot be read is assumed to announce it,
+        so its sync starts with an RSM request.
+        """
+        try:
+            return bool(RSM_FEATURES & await self._p.get_features(client, service))
+        except PubsubError as e:
+            log.debug(
+                "profile %s: features of %s not readable (%s): assuming RSM",
+                client.profile, service.full(), e,
+            )
+            return True
+
+    async def _fetch_by_item_ids(
+        self, client: Any, service: JID, node: str,
+        handle_page: Callable[[list[domish.Element]], Awaitable[None]],
+    ) -> None:
+        """Fetch every item of a node from a service without RSM, in batches of ``sync_page_size``.
+
+        A small node comes in one request. A larger one is listed with
+        disco#items, then fetched by item ids, one batch at a time, so no
+        response holds the whole node. The batches follow the order of the
+        service's full items result, and each one is handed to
+        ``handle_page`` as its own page. Raises NodeTooLarge, before
+        fetching any item, when the listing has more than
+        ``max_items_per_node`` ids.
+        """
+        size = self.sync_page_size
+        extra = {"use_cache": False}
+        read_orders = self._service_read_orders.setdefault(service.full(), {})
+        newest_first = read_orders.get(EXTRA_NEWEST_FIRST)
+        if newest_first is not None:
+            # One more item than a batch shows whether the node fits in one.
+            items, _ = await self._p.get_items(
+                client, service, node, max_items=size + 1, extra=extra
+            )
+            if len(items) <= size:
+                if newest_first:
+                    items.reverse()
+                await self._hand_over_all(client, service, node, items, handle_page)
+                return
+            del items
+
+        listing = list(dict.fromkeys(await self._p.get_item_ids(client, service, node)))
+        if len(listing) > self.max_items_per_node:
+            raise NodeTooLarge(
+                f"{len(listing)} items, more than the limit of {self.max_items_per_node}"
+            )
+        if len(listing) <= size:
+            items, _ = await self._p.get_items(client, service, node, extra=extra)
+            self._learn_listing_order(service, listing, items)
+            await self._hand_over_all(client, service, node, items, handle_page)
+            return
+
+        ids = await self._ids_in_result_order(client, service, node, listing)
+        if ids is None:
+            log.warning(
+                "profile %s: order of the items of %s node %s unknown: fetching every "
+                "item in one request", client.profile, service.full(), node,
+            )
+            items, _ = await self._p.get_items(client, service, node, extra=extra)
+            await self._hand_over_all(client, service, node, items, handle_page)
+            return
+        del listing
+        await self._fetch_batches(client, service, node, ids, handle_page)
+
+    def _learn_listing_order(
+        self, service: JID, listing: list[str], items: list[domish.Element],
+    ) -> None:
+        """Learn whether a service lists item ids in the reverse order of its items result.
+
+        ``listing`` and ``items`` are a node's disco#items listing and full
+        items result, fetched one after the other. Nothing is learnt when they
+        do not contain the same ids, or cannot tell the two orders apart.
+        """
+        read_orders = self._service_read_orders.setdefault(service.full(), {})
+        result_ids = [item.getAttribute("id") for item in items]
+        if len(set(listing)) < 2 or LISTING_REVERSED in read_orders:
+            return
+        if result_ids == listing:
+            read_orders[LISTING_REVERSED] = False
+        elif result_ids == listing[::-1]:
+            read_orders[LISTING_REVERSED] = True
+
+    async def _ids_in_result_order(
+        self, client: Any, service: JID, node: str, listing: list[str],
+    ) -> list[str] | None:
+        """Put a node's disco#items listing in the order of the service's full items result.
+
+        Prosody 0.12 lists the ids in the reverse order of its full items
+        result: both come from one list, which its items handler reverses
+        (``handlers.get_items`` in mod_pubsub/pubsub.lib.lua). A service
+        whose relation is not known yet is probed: its 2 newest items, from
+        a max_items request, are the last ones of the full result, so they
+        are at one end of the listing. Returns None when the probe cannot
+        tell (the node changed meanwhile, or the service uses a third order).
+        """
+        read_orders = self._service_read_orders.setdefault(service.full(), {})
+        reversed_listing = read_orders.get(LISTING_REVERSED)
+        if reversed_listing is None and len(listing) > 2:
+            probe, _ = await self._p.get_items(
+                client, service, node, max_items=2, extra={"use_cache": False}
+            )
+            newest = {item.getAttribute("id") for item in probe}
+            if newest == set(listing[-2:]):
+                reversed_listing = read_orders[LISTING_REVERSED] = False
+            elif newest == set(listing[:2]):
+                reversed_listing = read_orders[LISTING_REVERSED] = True
+        if reversed_listing is None:
+            return None
+        return listing[::-1] if reversed_listing else listing
+
+    async def _fetch_batches(
+        self, client: Any, service: JID, node: str, ids: list[str],
+        handle_page: Callable[[list[domish.Element]], Awaitable[None]],
+    ) -> None:
+        """Fetch items by id in batches of ``sync_page_size`` and hand each batch over in ``ids`` order.
+
+        The next batch is requested before ``handle_page`` runs. Items that
+        the service no longer has are skipped, and items published after the
+        listing arrive as notifications once the sync releases the node.
+        """
+        size = self.sync_page_size
+        extra = {"use_cache": False}
+        log.debug(
+            "profile %s: fetching %d items of %s node %s by item ids, %d per request",
+            client.profile, len(ids), service.full(), node, size,
+        )
+
+        def request(start: int) -> defer.Deferred:
+            return defer.ensureDeferred(self._p.get_items(
+                client, service, node, item_ids=ids[start:start + size], extra=extra,
+            ))
+
+        handed_over = 0
+        next_batch: defer.Deferred | None = request(0)
+        for start in range(0, len(ids), size):
+            items, _ = await next_batch
+            next_batch = request(start + size) if start + size < len(ids) else None
+            by_id = {item.getAttribute("id"): item for item in items}
+            del items
+            page = [by_id[item_id] for item_id in ids[start:start + size] if item_id in by_id]
+            del by_id
+            try:
+                await handle_page(page)
+            except BaseException:
+                if next_batch is not None:
+                    # The sync fails, so the batch requested ahead is not
+                    # needed, and its error must not be reported as unhandled.
+                    next_batch.addErrback(lambda failure: None)
+                raise
+            handed_over += len(page)
+            del page
+            self._send_sync_signal(
+                client, service, node, SyncState.IN_PROGRESS.value, items=handed_over,
+                count=len(ids),
+            )
 
     def _new_items(
         self, client: Any, service: JID, node: str, items: list[domish.Element],

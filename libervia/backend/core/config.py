@@ -18,7 +18,7 @@ The file is ``libervia.conf`` in the XDG config directory (see
     ``roster`` (contacts in the roster, the default), ``all`` or ``none``.
 ``[pubsub_cache]``
     ``strategy``: ``cache`` (default) or ``no_cache`` to send every request to
-    the network; ``sync_page_size`` (100), ``max_items_per_node`` (10000),
+    the network; ``sync_page_size`` (500), ``max_items_per_node`` (100000),
     ``sync_retry_delay`` (60 seconds) and ``max_parallel_syncs`` (4), described
     with the pubsub cache in doc/developer.rst.
 ``[logging]``

@@ -135,7 +135,12 @@ MAX_SYNC_STREAM_LOSSES = 2
 # of 1,000 (an estimate from one run each). Memory grows with the page size.
 DEFAULT_SYNC_PAGE_SIZE = 500
 DEFAULT_MAX_PARALLEL_SYNCS = 4
-DEFAULT_MAX_ITEMS_PER_NODE = 10000
+# A sync holds one page at a time, so its memory does not grow with the node
+# (about 170 MB of peak RSS for 100,000 items): the limit guards the size of
+# the database and the time of a sync. The item ids listing of a service
+# without RSM must also fit in the streams' stanza limits ([xmpp]
+# max_stanza_elements, 250,000 by default).
+DEFAULT_MAX_ITEMS_PER_NODE = 100_000
 # Delay before the first retry of a failed sync, doubled at each new failure
 # up to the maximum (seconds).
 DEFAULT_SYNC_RETRY_DELAY = 60

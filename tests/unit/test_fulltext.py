@@ -423,10 +423,13 @@ class QueryPlanTests:
             assert "SCAN pubsub_items" not in plan
         else:
             assert not any("Seq Scan" in line for line in plan), plan
-            # Within a node, PostgreSQL may walk the node's items by index
-            # instead, which also reads no other node.
-            if not in_node:
-                assert any(fulltext.PG_VECTOR_INDEX in line for line in plan), plan
+            # PostgreSQL may also walk the items by a time index and stop at
+            # the first matches, when it expects many of them (here, on a
+            # table without statistics); test_query_plans checks the choice
+            # on a loaded table.
+            assert any(
+                fulltext.PG_VECTOR_INDEX in line or "Index Scan" in line for line in plan
+            ), plan
 
 
 # Migrations.

@@ -613,6 +613,35 @@ class GoToNetworkTests:
         assert await ask(cache, client) is None
 
     @pytest_twisted.ensureDeferred
+    async def test_read_overlapping_a_state_change_not_memoised(
+        self, tmp_path: Path, storage: Storage, client: FakeClient
+    ) -> None:
+        # A get reads the node row, still COMPLETED, while the sync state is
+        # being set to IN_PROGRESS, and gets the row only after the change:
+        # it must not remember the node as COMPLETED.
+        cache = make_cache(tmp_path, storage=storage)
+        node_id = await cache_node(storage, client, ["a"])
+        read_node = storage.get_pubsub_node
+        row_read = defer.Deferred()
+        release_row = defer.Deferred()
+
+        async def slow_read(*args: Any) -> Any:
+            row = await read_node(*args)
+            row_read.callback(None)
+            await release_row
+            return row
+
+        storage.get_pubsub_node = slow_read
+        get = defer.ensureDeferred(ask(cache, client))
+        await row_read
+        storage.get_pubsub_node = read_node
+        await cache._set_state(client, SERVICE.full(), NODE, node_id, SyncState.IN_PROGRESS)
+        release_row.callback(None)
+
+        assert await get is None
+        assert await ask(cache, client) is None
+
+    @pytest_twisted.ensureDeferred
     async def test_get_items_uses_network(
         self, tmp_path: Path, storage: Storage, client: FakeClient
     ) -> None:

@@ -250,6 +250,9 @@ class PubsubCache:
         # TODO: several daemons sharing one PostgreSQL database need a shared
         # invalidation (LISTEN/NOTIFY) before this memo can be trusted there.
         self._completed: dict[tuple[int, str, str], ServedNode] = {}
+        # Sync state writes per node, counted at the start and at the end of
+        # each: an odd count means a write is in flight (see _set_state).
+        self._state_changes: dict[tuple[int, str, str], int] = {}
         # Ids of the profiles whose profile_connected is taking their COMPLETED
         # nodes back to IN_PROGRESS. Until it has, storage and the memo still
         # show those nodes COMPLETED without the changes made while the
@@ -555,8 +558,13 @@ class PubsubCache:
         completed = self._completed.get(key)
         if completed is not None:
             return completed
+        changes = self._state_changes.get(key, 0)
         node_row = await self.host.storage.get_pubsub_node(client.profile_id, service, node)
         if node_row is None or node_row.sync_state != SyncState.COMPLETED:
+            return None
+        if self._state_changes.get(key, 0) != changes or changes % 2:
+            # The state changed, or was being changed, during the read: the
+            # row may be older than the new state.
             return None
         extra = node_row.extra or {}
         known = self._service_read_orders.get(node_row.service, {})
@@ -580,9 +588,17 @@ class PubsubCache:
         self, client: Any, service: str, node: str, node_id: int, state: SyncState | None,
     ) -> None:
         """Store a node's sync state and keep the memo of COMPLETED nodes exact."""
-        # The memo is filled again from storage by the next request.
-        self._completed.pop((client.profile_id, service, node), None)
-        await self.host.storage.update_pubsub_node_sync_state(node_id, state)
+        # The memo is filled again from storage by the next request. A
+        # request whose read of the node overlaps the update does not fill
+        # it (see _completed_node): it may have read the old state.
+        key = (client.profile_id, service, node)
+        self._completed.pop(key, None)
+        self._state_changes[key] = self._state_changes.get(key, 0) + 1
+        try:
+            await self.host.storage.update_pubsub_node_sync_state(node_id, state)
+        finally:
+            self._completed.pop(key, None)
+            self._state_changes[key] += 1
         if state == SyncState.COMPLETED:
             self._unserved_nodes.discard((client.profile_id, service, node))
 
@@ -595,7 +611,10 @@ class PubsubCache:
         Call it, holding :meth:`node_lock`, before deleting a node from storage
         outside this plugin.
         """
-        self._completed.pop((profile_id, service, node), None)
+        key = (profile_id, service, node)
+        self._completed.pop(key, None)
+        # A read of the node in flight must not fill the memo again.
+        self._state_changes[key] = self._state_changes.get(key, 0) + 2
 
     def node_lock(self, profile: str, service: str, node: str) -> defer.DeferredLock:
         """Return the lock that a node's sync and notification handlers hold while they write it.

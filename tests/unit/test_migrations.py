@@ -29,7 +29,9 @@ from twisted.internet import defer
 
 from libervia.backend.core.exceptions import StorageError
 from libervia.backend.memory import fulltext, sqla
-from libervia.backend.memory.sqla import Storage, alembic_config, default_db_url, head_revisions
+from libervia.backend.memory.sqla import (
+    HEAD_REVISION, Storage, alembic_config, default_db_url, head_revisions,
+)
 from libervia.backend.memory.sqla_mapping import Base, SyncState
 from libervia.backend.tools.aio import as_deferred
 from libervia.testing.databases import server_url
@@ -211,6 +213,12 @@ def table_names(path: Path) -> set[str]:
         rows = connection.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
     connection.close()
     return {row[0] for row in rows}
+
+
+def test_head_revision_constant() -> None:
+    # Storage.initialise opens a database at HEAD_REVISION without loading
+    # the migration scripts: a stale constant would skip the new migration.
+    assert head_revisions() == (HEAD_REVISION,)
 
 
 class NewDatabaseTests:

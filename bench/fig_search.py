@@ -212,7 +212,10 @@ async def _time_query(storage: Storage, profile_id: int, query: Query,
         spent = time.perf_counter() - started
         if spent > SEARCH_QUERY_BUDGET and len(samples) >= SEARCH_MIN_ROUNDS:
             break
-    return {**summarise(samples), "matches": result.total, "hits": len(result.hits)}
+    return {
+        **summarise(samples), "matches": result.total, "matches_exact": result.total_exact,
+        "hits": len(result.hits),
+    }
 
 
 async def run(databases: SearchDatabases, plan: Plan) -> dict[str, Any]:

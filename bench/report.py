@@ -296,8 +296,9 @@ def _sync_section(results: dict[str, Any]) -> str:
             rows.append((row["server"], row["daemon"], _count(row["items"]), len(row["runs"]),
                          "", "", "", "", f"failed: {row['error']}"))
     return "\n".join([
-        f"ejabberd pages with RSM ({sync['page_size']} items a page), Prosody sends every "
-        f"item in one response. Peak RSS in MB (10^6 bytes).",
+        f"ejabberd pages with RSM ({sync['page_size']} items a page). Prosody has no RSM: "
+        f"the cache lists the item ids with disco#items and requests the items by id, "
+        f"{sync['page_size']} per request. Peak RSS in MB (10^6 bytes).",
         "",
         _table(("Server", "Daemon", "Items", "Runs", "median s", "p95 s", "items/s (median)",
                 "peak RSS MB", "Note"), rows),
@@ -335,8 +336,14 @@ def _search_section(results: dict[str, Any]) -> str:
     ]
     rows = []
     for name, description in search["queries"].items():
-        matches = by_key.get((name, "sqlite", sizes[-1]), {}).get("matches", "")
-        cells = [f"`{name}`: {description}", _count(matches) if matches != "" else ""]
+        largest = by_key.get((name, "sqlite", sizes[-1]), {})
+        matches = largest.get("matches", "")
+        if matches != "":
+            # The count stops at its bound unless the search asked for more.
+            matches = _count(matches) if largest.get("matches_exact", True) else (
+                f"{_count(matches)} or more"
+            )
+        cells = [f"`{name}`: {description}", matches]
         for size in sizes:
             for engine in ("sqlite", "postgresql"):
                 row = by_key.get((name, engine, size))
@@ -348,8 +355,9 @@ def _search_section(results: dict[str, Any]) -> str:
         for size, seconds in search["fill_seconds"].items()
     )
     return "\n".join([
-        f"Limit {search['limit']}, total count included; {search['nodes']} nodes. Matches "
-        f"at {_count(sizes[-1])} items. Filling both databases at once: {fills}.",
+        f"Limit {search['limit']}, with the default count (exact up to 1,000 matches); "
+        f"{search['nodes']} nodes. Matches at {_count(sizes[-1])} items, as the count gives "
+        f"them. Filling both databases at once: {fills}.",
         "",
         _table(header, rows),
     ])

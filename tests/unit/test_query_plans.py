@@ -240,6 +240,20 @@ class QueryPlanTests:
         assert index_lines != []
 
     @pytest_twisted.ensureDeferred
+    async def test_latest_times_read_from_index_end(self, database: PlanDatabase) -> None:
+        # Each batch that a sync stores reads them: a walk of the node's
+        # index entries would make a sync quadratic in the node's size.
+        for query in Storage._latest_times_queries(database.node_id):
+            plan = await as_deferred(database.explain(query))
+
+            assert scanned_tables(database.engine_name, plan) == []
+            if database.engine_name == "sqlite":
+                assert any("COVERING INDEX" in line for line in plan), plan
+            else:
+                assert any("Backward" in line for line in plan), plan
+                assert any("Limit" in line for line in plan), plan
+
+    @pytest_twisted.ensureDeferred
     async def test_data_set_loaded(self, database: PlanDatabase) -> None:
         # Guards the other tests: on a small table, a scan would be a fair plan.
         assert await database.storage.count_pubsub_items(database.node_id) == ITEMS_PER_NODE

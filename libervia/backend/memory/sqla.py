@@ -1078,12 +1078,8 @@ class Storage:
             if self.engine.dialect.name == "postgresql":
                 session.execute(select(func.pg_advisory_xact_lock(NODE_LOCK_SPACE, node_id)))
             latest_created, latest_updated = (
-                session.execute(
-                    select(func.max(PubsubItem.created), func.max(PubsubItem.updated)).where(
-                        PubsubItem.node_id == node_id
-                    )
-                )
-            ).one()
+                session.scalar(query) for query in self._latest_times_queries(node_id)
+            )
             start = utc_now()
             for latest in (latest_created, latest_updated):
                 if latest is not None and latest >= start:
@@ -1110,6 +1106,19 @@ class Storage:
             session.execute(statement, rows)
 
         await self._write(write)
+
+    @staticmethod
+    def _latest_times_queries(node_id: int) -> tuple[Select, Select]:
+        """Return the queries of a node's latest creation and modification times.
+
+        One aggregate per query: SQLite and PostgreSQL then read each from
+        the end of its (node_id, time, id) index, where a query of both
+        would read every index entry of the node, at each batch of a sync.
+        """
+        return tuple(  # type: ignore[return-value]
+            select(func.max(column)).where(PubsubItem.node_id == node_id)
+            for column in (PubsubItem.created, PubsubItem.updated)
+        )
 
     @aio
     async def delete_pubsub_items(self, node_id: int, item_ids: Sequence[str] | None = None) -> int:

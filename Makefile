@@ -4,7 +4,7 @@
 #   make test    run the test suite (starts its own Prosody servers)
 #   make demo    run the demo against a Prosody server started for it
 #   make docs    build the HTML documentation into doc/_build/html
-#   make bench   run the benchmarks (about 25 minutes) and rewrite doc/benchmarks.md;
+#   make bench   run the benchmarks (about 20 minutes) and rewrite doc/benchmarks.md;
 #                make bench BENCH_ARGS=--quick takes under 5 minutes and writes
 #                bench/results/quick only
 #   make clean   remove $(VENV) and doc/_build

@@ -194,7 +194,7 @@ async def _fetch_pages(harness: Any, server: Any, node: str) -> str:
 
 
 async def _sync_memory(harness: Any, servers: dict[str, Any], node: str, output: Path) -> None:
-    """Snapshot the in-process backend's allocations when a 10,000-item sync holds the most.
+    """Snapshot the in-process backend's allocations when a 10,000-item sync uses the most memory.
 
     The sync stores each page as it arrives: a snapshot is taken at each
     storage call, and the report shows the one with the most memory traced.

@@ -1254,7 +1254,7 @@ class PubsubCache:
 
         A small node comes in one request. A larger one is listed with
         disco#items, then fetched by item ids, one batch at a time, so no
-        response holds the whole node. The batches follow the order of the
+        response contains the whole node. The batches follow the order of the
         service's full items result, and each one is handed to
         ``handle_page`` as its own page. Raises NodeTooLarge, before
         fetching any item, when the listing has more than
@@ -1757,7 +1757,7 @@ class PubsubCache:
         return changes
 
     async def _count_exceeds(self, node_id: int, max_items: int) -> bool:
-        """Tell whether a node holds more than ``max_items`` cached items."""
+        """Tell whether a node contains more than ``max_items`` cached items."""
         storage = self.host.storage
         count = storage.count_pubsub_items_now(node_id, at_most=max_items + 1)
         if count is None:

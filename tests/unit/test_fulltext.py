@@ -424,9 +424,9 @@ class QueryPlanTests:
         else:
             assert not any("Seq Scan" in line for line in plan), plan
             # PostgreSQL may also walk the items by a time index and stop at
-            # the first matches, when it expects many of them (here, on a
-            # table without statistics); test_query_plans checks the choice
-            # on a loaded table.
+            # the first matches when it expects many of them, as on this table
+            # without statistics. test_query_plans checks the choice on a
+            # loaded table.
             assert any(
                 fulltext.PG_VECTOR_INDEX in line or "Index Scan" in line for line in plan
             ), plan

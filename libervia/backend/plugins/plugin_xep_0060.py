@@ -30,10 +30,10 @@ Trigger points (see doc/developer.rst for the whole list):
     rsm_request)``; a trigger returning ``(False, (items, metadata))``
     answers the request.
 ``XEP-0060_get_items_xml`` (return point)
-    the same arguments, run first by :meth:`XEP_0060.get_items_xml`; a
-    trigger returning ``(False, (xmls, metadata))`` answers with serialised
-    items, which spares parsing them. When no trigger answers, the request
-    goes on to ``XEP-0060_get_items``.
+    the same arguments, run first by :meth:`XEP_0060.get_items_xml`. A
+    trigger returning ``(False, (xmls, metadata))`` supplies serialised
+    items, which are then never parsed. When no trigger supplies a result,
+    the request goes on to ``XEP-0060_get_items``.
 ``XEP-0060_items_received`` (point)
     ``(client, service, node, max_items, item_ids, extra, items, metadata)``,
     run after items came from the network; the pubsub cache analyses new
@@ -1001,9 +1001,9 @@ class XEP_0060:
         """Return the items of a node as serialised ``<item/>`` elements, and the metadata.
 
         Same arguments, metadata and errors as :meth:`get_items`. A
-        ``XEP-0060_get_items_xml`` trigger may answer with stored XML (the
-        pubsub cache does), which is what the bridge sends on: nothing is
-        parsed then. Otherwise this is :meth:`get_items`, items serialised.
+        ``XEP-0060_get_items_xml`` trigger may return stored XML, as the
+        pubsub cache does, and the bridge sends it on without parsing it.
+        Otherwise the result is that of :meth:`get_items`, items serialised.
         """
         extra = dict(extra or {})
         max_items = _check_items_request(node, max_items, item_ids, rsm_request)

@@ -39,7 +39,7 @@ SQLITE_PUBLISHED_INDEX = (
     "THEN (parsed ->> '$.\"published\"') END))"
 )
 # Descending with NULLs last, as the search orders dates newest first, so a
-# forward scan returns the page; a backward scan serves ascending orders
+# forward scan returns the page. A backward scan serves ascending orders
 # with NULLs first only. The row id breaks ties, as in the search's order.
 PG_PUBLISHED_INDEX = (
     f"CREATE INDEX {PUBLISHED_INDEX} ON pubsub_items ("

@@ -81,7 +81,7 @@ def _count_cap(request: SearchRequest, uses_relevance: bool) -> int | None:
         return 0
     cap = request.count_limit + 1
     if uses_relevance:
-        # One more than the maximum tells whether relevance applies.
+        # Counting one more than the maximum shows whether relevance applies.
         cap = max(cap, search.RELEVANCE_MAX_MATCHES + 1)
     return cap
 
@@ -132,10 +132,10 @@ async def _sqlite_newest_page(
     the last of step 1: step 2 reads those through the (time, id) index
     and checks each against FTS5. The whole result is then sorted here.
     """
-    wanted = request.offset + request.limit
+    needed = request.offset + request.limit
     time_column = getattr(PubsubItem, str(key.name))
     row_id = PubsubItem.id.label(ROW_ID_LABEL)
-    first_step = dataclasses.replace(request, offset=0, limit=wanted)
+    first_step = dataclasses.replace(request, offset=0, limit=needed)
     storage_order = (OrderKey(search.STORAGE_ORDER, None, key.descending),)
     query = search.build_page_query("sqlite", first_step, storage_order, [row_id])
     rows = list((await session.execute(query)).all())
@@ -144,7 +144,7 @@ async def _sqlite_newest_page(
         return (getattr(row, str(key.name)), getattr(row, ROW_ID_LABEL))
 
     rows.sort(key=sort_key, reverse=key.descending)
-    if len(rows) == wanted:
+    if len(rows) == needed:
         boundary_time = getattr(rows[-1], str(key.name))
         row_ids = [getattr(row, ROW_ID_LABEL) for row in rows]
         edge_id = min(row_ids) if key.descending else max(row_ids)
@@ -152,7 +152,7 @@ async def _sqlite_newest_page(
             session, request, time_column, boundary_time, edge_id, key.descending
         )
         rows.sort(key=sort_key, reverse=key.descending)
-    return rows[request.offset:wanted]
+    return rows[request.offset:needed]
 
 
 async def _sqlite_rows_out_of_order(
